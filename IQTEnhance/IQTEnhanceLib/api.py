@@ -1,0 +1,170 @@
+"""The engine's front door: :func:`enhance` one LQ volume with any method, :func:`train` a model.
+
+Used by the CLI, the Slicer Logic and the batch runner alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .devices import resolve_device
+from .errors import InputError, ModelError
+from .grid import check_factor, default_axis, hq_geometry
+from .methods import get_method
+from .models import ModelFile, default_model_path, load_model
+from .normalize import from_canonical, intensity_scale, to_canonical
+from .progress import as_reporter
+from .volume import Volume, array_axis, axis_letter, check_finite_volume, looks_like_label_map
+
+
+@dataclasses.dataclass
+class EnhanceResult:
+    volume: Volume                       # the enhanced volume on the HQ grid
+    extras: dict                         # extra HQ-grid maps, e.g. {"trust": Volume}
+    info: dict                           # method, model, device, factor, axis, seconds, warnings
+
+
+def validate_input(lq: Volume, source: str = "input") -> None:
+    """One clear error for input no method can enhance."""
+    if not isinstance(lq, Volume):
+        raise InputError(f"{source}: expected a Volume, got {type(lq).__name__}")
+    if lq.array.ndim != 3:
+        raise InputError(f"{source}: expected a 3-D volume, got shape {lq.array.shape}")
+    if lq.array.size == 0 or min(lq.array.shape) < 1:
+        raise InputError(f"{source}: the volume is empty")
+    if lq.array.dtype.kind not in "biuf":
+        raise InputError(f"{source}: voxel type {lq.array.dtype} is not a scalar intensity")
+    check_finite_volume(lq, source)
+    if looks_like_label_map(lq):
+        raise InputError(f"{source}: looks like a label map (segmentation), not an intensity image")
+    if not np.any(lq.array):
+        raise InputError(f"{source}: every voxel is 0; nothing to enhance")
+
+
+def resolve_model(method: str, model=None) -> Optional[ModelFile]:
+    spec = get_method(method)
+    if not spec.needs_model:
+        if model is not None:
+            raise InputError(f"method {method} takes no model file")
+        return None
+    if model is None:
+        model = default_model_path(method)
+    if not isinstance(model, ModelFile):
+        model = load_model(model)
+    model.check_fits(method=method)
+    return model
+
+
+def resolve_factor_axis(lq: Volume, model: Optional[ModelFile], factor=None, axis=None) -> tuple:
+    if model is not None:
+        if factor is not None and int(factor) != model.factor:
+            raise ModelError(f"the model {model.name} up-samples ×{model.factor}; --factor {factor} does not fit it")
+        factor = model.factor
+    factor = check_factor(4 if factor is None else factor)
+    axis = default_axis(lq) if axis in (None, "auto") else axis_letter(axis)
+    return factor, axis
+
+
+def spacing_warnings(lq: Volume, model: Optional[ModelFile], factor: int, axis: str) -> list:
+    """Thick-slice spacing that differs from the model's training spacing is normal clinical input:
+    we run with the model's factor (the output spacing is then input spacing / factor) and warn
+    when the voxel shape differs from the one the model learned by more than 25%."""
+    out = []
+    a = "ijk".index(axis)
+    inplane = [lq.spacing[b] for b in range(3) if b != a]
+    ratio = lq.spacing[a] / max(float(np.mean(inplane)), 1e-9)
+    if ratio < 1.0 + 1e-6:
+        out.append(f"the {axis} axis is not thicker than the others (spacing {lq.spacing.tolist()}); "
+                   "is the thick-slice axis right?")
+    if model is not None:
+        trained = float(model.params.get("lq_aspect", model.factor))
+        if abs(ratio / trained - 1.0) > 0.25:
+            out.append(f"slice thickness / in-plane spacing is {ratio:.2f} here but {trained:.2f} in the "
+                       f"model's training data; running with the model's factor ×{factor}")
+    return out
+
+
+def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None,
+            device: str = "auto", progress=None, cancel=None, **options) -> EnhanceResult:
+    """Enhance ``lq`` onto its HQ grid (``factor`` × finer along the thick ``axis``).
+
+    ``model``: a path or :class:`ModelFile` (default: the shipped model of the method).
+    ``axis``: ``i``/``j``/``k``, default the axis with the largest spacing.  ``factor`` defaults to
+    the model's (4 for interpolation).  ``progress(fraction, message)`` and ``cancel()`` are
+    called between batches; cancelling raises :class:`~.errors.CancelledError`.  The input volume
+    is never modified.
+    """
+    started = time.perf_counter()
+    reporter = as_reporter(progress, cancel, stage=method)
+    spec = get_method(method)
+    validate_input(lq)
+    model = resolve_model(method, model)
+    factor, axis = resolve_factor_axis(lq, model, factor, axis)
+    device_name = resolve_device(device) if spec.needs_torch else "cpu"
+    unknown = set(options) - {o.name for o in spec.options}
+    if unknown:
+        raise InputError(f"method {method} has no option(s) {', '.join(sorted(unknown))}")
+    opts = {o.name: options.get(o.name, o.default) for o in spec.options}
+    notes = spacing_warnings(lq, model, factor, axis)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    ax = array_axis(axis)
+    array = np.asarray(lq.array, dtype=np.float32)  # a copy for non-float32 input; never written to
+    scale = intensity_scale(array)
+    canonical = np.ascontiguousarray(to_canonical(array, ax)) / np.float32(scale)
+    reporter(0.0, f"{spec.label}: starting", force=True)
+    hq_c, extras_c = spec.enhance(canonical, factor, model, device_name, reporter.sub(0.0, 1.0, spec.label), **opts)
+    geometry = hq_geometry(lq, factor, axis)
+    hq = from_canonical(np.asarray(hq_c, dtype=np.float32) * np.float32(scale), ax)
+    if hq.shape != tuple(geometry["shape"]):
+        raise RuntimeError(f"{method} returned shape {hq.shape}, expected {geometry['shape']}")
+    make = lambda a: Volume(a, geometry["spacing"], geometry["origin"], geometry["direction"])  # noqa: E731
+    extras = {k: make(from_canonical(np.asarray(v, dtype=np.float32), ax)) for k, v in extras_c.items()}
+    reporter(1.0, "done", force=True)
+    info = {
+        "method": method, "label": spec.label, "factor": factor, "axis": axis, "device": device_name,
+        "model": model.name if model else None, "model_sha256": model.checksum if model else None,
+        "options": opts, "intensity_scale": scale, "seconds": time.perf_counter() - started,
+        "warnings": notes,
+    }
+    return EnhanceResult(make(hq), extras, info)
+
+
+def train(method: str, hq_volumes: list, *, factor: int = 4, masks: Optional[list] = None,
+          output: Optional[Path] = None, name: Optional[str] = None, seed: int = 0,
+          simulation=None, progress=None, cancel=None, data_names: Optional[list] = None,
+          **options):
+    """Train ``method`` on HQ volumes (LQ simulated on the fly, see :mod:`.training`).
+
+    Returns the :class:`ModelFile` (saved to ``output`` when given).
+    """
+    from .models import save_model
+    from .training import make_training_pairs
+
+    spec = get_method(method)
+    if spec.train is None:
+        raise InputError(f"method {method} is not trained")
+    unknown = set(options) - {o.name for o in spec.train_options}
+    if unknown:
+        raise InputError(f"training {method} has no option(s) {', '.join(sorted(unknown))}")
+    opts = {o.name: options.get(o.name, o.default) for o in spec.train_options}
+    reporter = as_reporter(progress, cancel, stage=f"training {method}")
+    factor = check_factor(factor)
+    pairs = make_training_pairs(hq_volumes, masks, factor=factor, seed=seed, simulation=simulation,
+                                reporter=reporter.sub(0.0, 0.1, "simulating training pairs"))
+    provenance = {
+        "data": ", ".join(data_names) if data_names else f"{len(hq_volumes)} volume(s)",
+        "simulation": pairs.simulation_record, "seed": seed, "options": opts,
+    }
+    model = spec.train(pairs, factor, opts, reporter.sub(0.1, 1.0, f"training {method}"), provenance)
+    if name:
+        model.name = name
+    if output is not None:
+        save_model(output, model)
+        model.path = Path(output)
+    return model

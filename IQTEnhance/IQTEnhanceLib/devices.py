@@ -1,0 +1,51 @@
+"""Device choice: "auto" takes CUDA when torch sees a GPU, else the CPU."""
+from __future__ import annotations
+
+from .errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cuda_available() -> bool:
+    if not torch_available():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def cuda_unavailable_reason() -> str:
+    """Why the GPU cannot be used (empty when it can): shown as the panel's tooltip."""
+    if not torch_available():
+        return "PyTorch is not installed"
+    import torch
+
+    if torch.version.cuda is None:
+        return f"this PyTorch ({torch.__version__}) is a CPU-only build"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to PyTorch"
+    return ""
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' → 'cuda' when available else 'cpu'; 'gpu' is an alias of 'cuda'."""
+    d = (device or "auto").lower()
+    if d == "gpu":
+        d = "cuda"
+    if d.startswith("cuda:"):
+        d, _ = "cuda", d
+    if d not in DEVICES:
+        raise InputError(f"device must be one of auto, cpu, cuda (got {device!r})")
+    if d == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if d == "cuda" and not cuda_available():
+        raise InputError(f"device cuda was asked for but {cuda_unavailable_reason()}")
+    return d

@@ -1,0 +1,18 @@
+"""Exceptions raised by the engine. Each carries one sentence a user can act on."""
+
+
+class IQTError(Exception):
+    """Base class of the errors the engine raises on purpose."""
+
+
+class InputError(IQTError, ValueError):
+    """Bad input data or arguments: missing file, wrong dimension, label map, NaN voxels,
+    grids that do not match, a factor that does not fit."""
+
+
+class ModelError(IQTError, ValueError):
+    """A model file that is corrupt, of another method, or does not fit the input."""
+
+
+class CancelledError(IQTError):
+    """Raised inside long calls when the caller's cancel check returns True."""
