@@ -60,13 +60,31 @@ def resolve_model(method: str, model=None) -> Optional[ModelFile]:
     return model
 
 
+def spacing_factor(lq: Volume, axis: str) -> Optional[int]:
+    """The factor that makes the output voxels about isotropic: round(thick spacing / in-plane
+    spacing) when that is 2..16, else None.  A simulated ×3 LQ then comes back at ×3 (a fixed
+    default of 4 would put it on a grid the reference does not share)."""
+    a = "ijk".index(axis)
+    inplane = float(np.mean([lq.spacing[b] for b in range(3) if b != a]))
+    ratio = int(round(float(lq.spacing[a]) / max(inplane, 1e-9)))
+    return ratio if 2 <= ratio <= 16 else None
+
+
 def resolve_factor_axis(lq: Volume, model: Optional[ModelFile], factor=None, axis=None) -> tuple:
+    """Factor: the model's (a different ``factor`` is a :class:`ModelError`), else ``factor``, else
+    :func:`spacing_factor`, else 4.  Axis: ``axis``, else the axis with the largest spacing."""
+    axis = default_axis(lq) if axis in (None, "auto") else axis_letter(axis)
     if model is not None:
         if factor is not None and int(factor) != model.factor:
             raise ModelError(f"the model {model.name} up-samples ×{model.factor}; --factor {factor} does not fit it")
         factor = model.factor
-    factor = check_factor(4 if factor is None else factor)
-    axis = default_axis(lq) if axis in (None, "auto") else axis_letter(axis)
+    if factor is None:
+        factor = spacing_factor(lq, axis) or 4
+    factor = check_factor(factor)
+    slices = lq.array.shape[array_axis(axis)]
+    if slices < 2:
+        raise InputError(f"the volume has {slices} slice along {axis}: at least 2 are needed to up-sample "
+                         "between slices (is the thick-slice axis right?)")
     return factor, axis
 
 
@@ -95,7 +113,7 @@ def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, a
 
     ``model``: a path or :class:`ModelFile` (default: the shipped model of the method).
     ``axis``: ``i``/``j``/``k``, default the axis with the largest spacing.  ``factor`` defaults to
-    the model's (4 for interpolation).  ``progress(fraction, message)`` and ``cancel()`` are
+    the model's, else to the input's thick/in-plane spacing ratio (:func:`spacing_factor`), else 4.  ``progress(fraction, message)`` and ``cancel()`` are
     called between batches; cancelling raises :class:`~.errors.CancelledError`.  The input volume
     is never modified.
     """
