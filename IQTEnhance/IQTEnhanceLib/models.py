@@ -136,6 +136,9 @@ def load_model(path) -> ModelFile:
                     f"{path.name}: model format {manifest['format_version']} is newer than this IQTEnhance "
                     f"({FORMAT_VERSION}); update IQTEnhance"
                 )
+            for key in ("method", "name", "factor", "members"):
+                if key not in manifest:
+                    raise ModelError(f"{path.name}: the model manifest lacks {key!r}; the file is corrupt")
             members = {}
             for name, digest in manifest["members"].items():
                 data = z.read(name)
@@ -144,7 +147,7 @@ def load_model(path) -> ModelFile:
                 members[name] = data
     except ModelError:
         raise
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError, EOFError) as exc:
         raise ModelError(f"{path.name}: corrupt or not an IQTEnhance model file ({exc})") from None
     with np.load(io.BytesIO(members.pop("arrays.npz")), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}

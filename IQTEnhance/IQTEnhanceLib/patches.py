@@ -122,16 +122,45 @@ class PatchAccumulator:
         blending window, same for all) or (n, *patch)."""
         positions = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
         patches = np.asarray(patches)
+        patch = tuple(patches.shape[1:])
+        if len(positions) != len(patches):
+            raise ValueError(f"{len(positions)} positions for {len(patches)} patches")
+        if len(positions) == 0:
+            return
+        if np.any(positions < 0) or np.any(positions + np.asarray(patch) > np.asarray(self.shape)):
+            raise ValueError(f"a patch of shape {patch} at these positions falls outside the volume {self.shape}")
+        w = None if weights is None else np.asarray(weights, dtype=np.float64)
+        for start in range(0, len(positions), self.CHUNK):
+            stop = start + self.CHUNK
+            wn = None if w is None else (w if w.ndim == 3 else w[start:stop])
+            self._add_chunk(positions[start:stop], patches[start:stop], wn)
+
+    # Summing patch by patch in Python cost 32 µs a patch (2×5×5 LQ → 8×5×5 HQ patches, 2 cores):
+    # 53 s for the 1.66 M patches of a whole Colin27 at stride 1. Scattering a chunk of patches with
+    # one bincount over the chunk's bounding box (raster-ordered corners, as patch_positions makes
+    # them, keep that box a few slices thick) is 3-6× faster (Testing/benchmarks/bench_patch_engine.py);
+    # sums are float64 within a chunk.
+    CHUNK = 8192
+
+    def _add_chunk(self, positions, patches, w) -> None:
         patch = patches.shape[1:]
-        if weights is None:
-            w = np.ones(patch, dtype=self.total.dtype)
-        else:
-            w = np.asarray(weights, dtype=self.total.dtype)
-        for n, (a, b, c) in enumerate(positions):
-            region = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
-            wn = w if w.ndim == 3 else w[n]
-            self.total[region] += patches[n] * wn
-            self.weight[region] += wn
+        lo = positions.min(axis=0)
+        box = positions.max(axis=0) + np.asarray(patch) - lo
+        rel = positions - lo
+        base = (rel[:, 0] * box[1] + rel[:, 1]) * box[2] + rel[:, 2]
+        oz, oy, ox = np.meshgrid(*(np.arange(p) for p in patch), indexing="ij")
+        offsets = ((oz * box[1] + oy) * box[2] + ox).reshape(-1)
+        index = (base[:, None] + offsets[None, :]).reshape(-1)
+        values = patches.reshape(len(positions), -1)
+        weight_values = None
+        if w is not None:
+            wv = np.broadcast_to(w, patches.shape).reshape(len(positions), -1)
+            values = values * wv
+            weight_values = wv.reshape(-1)
+        size = int(np.prod(box))
+        region = tuple(slice(int(a), int(a + b)) for a, b in zip(lo, box))
+        self.total[region] += np.bincount(index, weights=values.reshape(-1), minlength=size).reshape(box)
+        self.weight[region] += np.bincount(index, weights=weight_values, minlength=size).reshape(box)
 
     def covered(self) -> np.ndarray:
         return self.weight > 0

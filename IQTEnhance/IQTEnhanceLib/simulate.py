@@ -8,7 +8,7 @@ Observation model (``Y = L H X + W`` plus a contrast change), applied in this or
    scaled by the membership-weighted factor.  (1, 1, 1) leaves the image unchanged.
 2. **Slice thickness**: along ``axis`` each LQ slice is the HQ signal weighted by a slice profile
    centred on its slab (``profile="gaussian"``: FWHM = ``thickness`` in HQ voxels, default the
-   factor; ``"box"``: a flat average of the slab), then one sample per slab of ``factor`` HQ
+   factor; ``"box"``: a flat average over ``thickness`` HQ voxels, default the slab itself), then one sample per slab of ``factor`` HQ
    slices.  LQ voxel centres are slab centres (see :mod:`.grid`), so there is no half-voxel shift.
 3. **Rician noise**: ``sqrt((x + n1)² + n2²)`` with ``n1, n2 ~ N(0, σ²)`` and
    ``σ = mean foreground LQ intensity / snr``.  ``snr=None`` or ``inf`` adds none.
@@ -38,7 +38,7 @@ class SimulationParameters:
     axis: str = "k"
     snr: Optional[float] = 20.0
     profile: str = "gaussian"
-    thickness: Optional[float] = None   # slice-profile FWHM in HQ voxels; None = factor
+    thickness: Optional[float] = None   # slice-profile FWHM (gaussian) or width (box) in HQ voxels; None = factor
     contrast: tuple = (1.0, 1.0, 1.0)   # multiplicative factors for dark, middle, bright tissue
     seed: Optional[int] = 0
 
@@ -98,7 +98,12 @@ def slice_profile_matrix(n_hq: int, factor: int, profile: str = "gaussian", fwhm
     centres = np.arange(m) * f + (f - 1) / 2.0
     n = np.arange(n_hq)[None, :]
     if profile == "box":
-        w = ((n >= (centres[:, None] - (f - 1) / 2.0 - 1e-9)) & (n <= centres[:, None] + (f - 1) / 2.0 + 1e-9)).astype(float)
+        # each HQ voxel n spans [n - 1/2, n + 1/2]; its weight is its overlap with the slab of width
+        # ``fwhm`` (default f) centred on the LQ slice, so width f gives exactly HQ slices m*f … m*f+f-1
+        width = float(fwhm if fwhm is not None else f)
+        lo, hi = centres[:, None] - width / 2.0, centres[:, None] + width / 2.0
+        w = np.clip(np.minimum(n + 0.5, hi) - np.maximum(n - 0.5, lo), 0.0, 1.0)
+        w[w < 1e-9] = 0.0
     else:
         sigma = (fwhm if fwhm is not None else f) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
         w = np.exp(-0.5 * ((n - centres[:, None]) / sigma) ** 2)
