@@ -192,7 +192,7 @@ def insert_lesions(hq: Volume, mask: Volume, spec: LesionSpec = LesionSpec(), se
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
-    x = np.asarray(hq.array, dtype=np.float32)
+    x = np.array(hq.array, dtype=np.float32, copy=True)  # written below: never the caller's array
     m = mask.array > 0
     if m.shape != x.shape:
         raise InputError(f"mask shape {m.shape} differs from the volume shape {x.shape}")
@@ -240,7 +240,10 @@ def insert_lesions(hq: Volume, mask: Volume, spec: LesionSpec = LesionSpec(), se
         local = bright[box] & (r <= spec.reference_mm)
         reference = float(np.median(x[box][local])) if local.sum() >= 20 else global_reference
         target = factor * reference
-        w = (1.0 / (1.0 + np.exp(np.clip((r - radius) / spec.edge_mm, -50, 50)))).astype(np.float32)
+        # logistic edge, scaled so that the centre reaches the target even for a 2 mm lesion
+        w = 1.0 / (1.0 + np.exp(np.clip((r - radius) / spec.edge_mm, -50, 50)))
+        w = np.minimum(w * (1.0 + math.exp(-radius / spec.edge_mm)), 1.0).astype(np.float32)
+        w[w < 1e-4] = 0.0  # beyond ~4.6 edge widths: leave the voxels exactly as they were
         weights[box] = np.maximum(weights[box], w)
         n = len(placed) + 1
         index[box][w > 0.5] = n
@@ -285,10 +288,12 @@ def prepare_case(case: Case, loader: Callable, *, factor: int = 4, axis: str = "
 # ---------------------------------------------------------------------------------------------
 def measured_snr(lq_a: np.ndarray, lq_b: np.ndarray, mask: np.ndarray) -> float:
     """SNR of two noise realisations of the same LQ: mean signal / noise σ, with σ from the
-    difference (std / √2) over voxels brighter than the mean (where Rician ≈ Gaussian)."""
+    difference (std / √2) over voxels brighter than the mean (where Rician ≈ Gaussian).  Voxels are
+    chosen on the *sum* of the two, which (for Gaussian noise) is independent of their difference,
+    so the choice does not bias σ."""
     m = mask.astype(bool)
-    mean = float(lq_a[m].mean())
-    bright = m & (lq_a > mean) & (lq_b > mean)
+    mean = float(0.5 * (lq_a[m].mean() + lq_b[m].mean()))
+    bright = m & (0.5 * (lq_a + lq_b) > mean)
     sigma = float(np.std((lq_a - lq_b)[bright])) / math.sqrt(2.0)
     return mean / max(sigma, 1e-12)
 

@@ -1,0 +1,216 @@
+"""The evaluation study (IQTEnhanceLib.study): lesions, OOD variants, measures, and a smoke run."""
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+
+from IQTEnhanceLib import study
+from IQTEnhanceLib.simulate import SimulationParameters, degrade_array, tissue_memberships
+from IQTEnhanceLib.volume import Volume
+
+
+def _case(name):
+    return next(c for c in study.fixture_cases() if c.name == name)
+
+
+LOADER = study.dataset_loader(fixtures=True)
+
+
+# -- lesions ----------------------------------------------------------------------------------------
+def test_lesions_are_deterministic_and_have_the_intended_contrast(colin):
+    image, mask = colin
+    before = image.array.copy()
+    spec = study.LesionSpec(radii_mm=(2.0, 4.0, 6.0), factors=(0.5, 1.5), per_kind=1)
+    out1, w1, idx1, lesions1 = study.insert_lesions(image, mask, spec, seed=3)
+    out2, w2, idx2, lesions2 = study.insert_lesions(image, mask, spec, seed=3)
+    out3, _, _, lesions3 = study.insert_lesions(image, mask, spec, seed=4)
+    np.testing.assert_array_equal(out1.array, out2.array)
+    np.testing.assert_array_equal(idx1, idx2)
+    assert [p["centre_kji"] for p in lesions1] == [p["centre_kji"] for p in lesions2]
+    assert [p["centre_kji"] for p in lesions1] != [p["centre_kji"] for p in lesions3]
+    np.testing.assert_array_equal(image.array, before)  # the input is untouched
+    assert len(lesions1) == 6 and set(np.unique(idx1)) == set(range(7))
+
+    spacing = np.asarray(image.spacing[::-1])
+    for p in lesions1:
+        core = idx1 == p["id"]
+        # the voxel count is that of a sphere of the radius (within discretisation)
+        expected = 4 / 3 * np.pi * p["radius_mm"] ** 3 / np.prod(spacing)
+        assert 0.6 * expected < core.sum() < 1.4 * expected
+        # measured contrast: the lesion's inner part sits at factor × the local white-matter level
+        inner = core & (w1 > 0.99)
+        measured = float(out1.array[inner].mean()) / p["reference"]
+        assert measured == pytest.approx(p["factor"], rel=0.03)
+        # and the lesion really differs from what was there before, in the intended direction
+        change = float(np.mean(out1.array[inner] - before[inner]))
+        assert change < 0 if p["factor"] < 1 else change > 0
+    # lesions keep apart and stay inside the brain; far from every lesion nothing changed
+    centres = np.array([p["centre_kji"] for p in lesions1]) * spacing
+    radii = np.array([p["radius_mm"] for p in lesions1])
+    for a in range(len(centres)):
+        for b in range(a + 1, len(centres)):
+            assert np.linalg.norm(centres[a] - centres[b]) >= radii[a] + radii[b] + 3.0 - 1e-6
+    assert np.all(mask.array[idx1 > 0] > 0)
+    untouched = w1 < 1e-6
+    np.testing.assert_array_equal(out1.array[untouched], before[untouched])
+
+
+def test_lesions_that_do_not_fit_give_a_clear_error(colin):
+    image, mask = colin
+    with pytest.raises(study.InputError, match="no room for a lesion"):
+        study.insert_lesions(image, mask, study.LesionSpec(radii_mm=(30.0,), factors=(0.5,), per_kind=1))
+
+
+# -- OOD variants -----------------------------------------------------------------------------------
+def test_cases_are_deterministic_with_a_seed():
+    for name in ("ood_low_snr", "ood_contrast_change", "pathology"):
+        a = study.prepare_case(_case(name), LOADER, seed=5)
+        b = study.prepare_case(_case(name), LOADER, seed=5)
+        c = study.prepare_case(_case(name), LOADER, seed=6)
+        np.testing.assert_array_equal(a.lq.array, b.lq.array)
+        np.testing.assert_array_equal(a.hq.array, b.hq.array)
+        assert not np.array_equal(a.lq.array, c.lq.array)
+
+
+def test_low_snr_case_has_the_measured_snr():
+    """SNR measured from two noise draws of the same case (σ from their difference)."""
+    measured = {}
+    for name in ("in_distribution", "ood_low_snr"):
+        a = study.prepare_case(_case(name), LOADER, seed=0)
+        b = study.prepare_case(_case(name), LOADER, seed=1)
+        lq_mask = a.mask.reshape(a.mask.shape[0] // 4, 4, *a.mask.shape[1:]).mean(axis=1) > 0.5
+        measured[name] = study.measured_snr(a.lq.array, b.lq.array, lq_mask)
+    assert measured["in_distribution"] == pytest.approx(20.0, rel=0.12)
+    assert measured["ood_low_snr"] == pytest.approx(5.0, rel=0.12)
+    assert not study.in_training_ranges(_case("ood_low_snr"), 4)
+    assert study.in_training_ranges(_case("in_distribution"), 4)
+
+
+def test_contrast_change_case_changes_the_measured_tissue_contrast():
+    """White/grey matter ratio of the noise-free LQ over that of the HQ ≈ the bright/middle factor 1.4."""
+    case = _case("ood_contrast_change")
+    assert case.contrast == (0.6, 1.0, 1.4) and not study.in_training_ranges(case, 4)
+    data = study.prepare_case(dataclasses.replace(case, snr=None), LOADER, seed=0)
+    plain = study.prepare_case(dataclasses.replace(case, snr=None, contrast=(1.0, 1.0, 1.0)), LOADER, seed=0)
+    hq = data.hq.array
+    lq_mask = data.mask.reshape(-1, 4, *data.mask.shape[1:]).mean(axis=1) > 0.5
+    memberships = tissue_memberships(plain.lq.array, lq_mask)
+    ratio = (study.tissue_contrast(data.lq.array, memberships, lq_mask)
+             / study.tissue_contrast(plain.lq.array, memberships, lq_mask))
+    assert ratio == pytest.approx(1.4, rel=0.06)
+    np.testing.assert_array_equal(hq, plain.hq.array)  # the target stays the unchanged HQ
+
+
+def test_t2_case_is_an_unseen_contrast(icbm_t1, icbm_t2):
+    """On the T2 the bright/middle tissue ratio inverts (WM darker than GM), unlike the training T1."""
+    ratios = []
+    for image, mask in (icbm_t1, icbm_t2):
+        m = mask.array > 0
+        p = tissue_memberships(icbm_t1[0].array, m)  # the same anatomy: T1 classes = WM/GM/CSF
+        ratios.append(study.tissue_contrast(image.array, p, m))
+    assert ratios[0] > 1.1 and ratios[1] < 0.95
+
+
+# -- measures ---------------------------------------------------------------------------------------
+def test_regression_to_mean_measure_detects_a_pull(colin):
+    image, mask = colin
+    truth = image.array
+    m = mask.array > 0
+    scale = 1000.0
+    mu = float(truth[m].mean()) / scale * 0.9
+    rng = np.random.default_rng(0)
+    exact = study.regression_to_mean(truth, truth, m, scale, mu)
+    noisy = study.regression_to_mean(truth + rng.normal(0, 20, truth.shape).astype(np.float32), truth, m, scale, mu)
+    half = study.regression_to_mean(mu * scale + 0.5 * (truth - mu * scale), truth, m, scale, mu)
+    assert exact["rtm_pull"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(noisy["rtm_pull"]) < 2.0 and abs(noisy["rtm_corr"]) < 0.1
+    assert half["rtm_pull"] == pytest.approx(50.0, abs=1.0) and half["rtm_corr"] < -0.9
+
+
+def test_lesion_measures_contrast_kept():
+    rng = np.random.default_rng(1)
+    free = rng.uniform(50, 100, (20, 20, 20)).astype(np.float32)
+    index = np.zeros(free.shape, np.int16)
+    index[5:9, 5:9, 5:9] = 1
+    index[12:16, 12:16, 12:16] = 2
+    truth = free.copy()
+    truth[index == 1] *= 0.5
+    truth[index == 2] *= 1.5
+    lesions = [{"id": 1, "radius_mm": 2.0, "factor": 0.5}, {"id": 2, "radius_mm": 2.0, "factor": 1.5}]
+    out_free = free + 1.0
+    output = out_free + 0.25 * (truth - free)  # keeps a quarter of each lesion's change
+    res = study.lesion_measures(output, truth, index, lesions, out_free, free)
+    assert res["contrast_kept"] == pytest.approx(25.0, abs=1e-3)
+    assert [r["kept"] for r in res["per_lesion"]] == pytest.approx([25.0, 25.0], abs=1e-3)
+    perfect = study.lesion_measures(truth, truth, index, lesions, free, free)
+    assert perfect["contrast_kept"] == pytest.approx(100.0) and perfect["lesion_nrmse"] == 0.0
+
+
+# -- smoke run --------------------------------------------------------------------------------------
+def _table_rows(report: str, heading: str) -> dict:
+    """{first cell: [cells]} of the first Markdown table after ``heading``; and its header."""
+    text = report.split(heading, 1)[1]
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    block = []
+    for ln in text.splitlines()[text.splitlines().index(lines[0]):]:
+        if not ln.startswith("|"):
+            break
+        block.append([c.strip() for c in ln.strip("|").split("|")])
+    return block[0], {row[0]: row[1:] for row in block[2:]}
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_run_reports_every_method_and_case(tmp_path):
+    """End to end on the committed crops with every available method (shipped models)."""
+    out = tmp_path / "results"
+    config = study.StudyConfig(out_dir=out, cases=study.fixture_cases(), fixtures=True)
+    results = study.run_study(config, log=lambda *a: None)
+    report = (out / "README.md").read_text()
+    methods = [m["name"] for m in results["methods"]]
+    cases = [c.name for c in study.fixture_cases()]
+    assert {"nearest", "trilinear", "bspline"} <= set(methods)
+    for heading in ("### NRMSE in the brain mask", "### SSIM in the brain mask", "### PSNR in the brain mask",
+                    "### Regression to the training mean", "### Run time per case"):
+        header, rows = _table_rows(report, heading)
+        assert header[1:] == [f"`{c}`" for c in cases], heading
+        assert set(rows) == {f"`{m}`" for m in methods}, heading
+        for m in methods:
+            assert all(re.search(r"\d", cell) for cell in rows[f"`{m}`"]), (heading, m)
+    header, rows = _table_rows(report, "### Lesions (`pathology`)")
+    assert set(rows) == {f"`{m}`" for m in methods}
+    for name in results["missing"]:
+        assert f"- `{name}`:" in report
+    if "linear" in methods:
+        _, rows = _table_rows(report, "### Gain over linear regression")
+        assert set(rows) == {f"`{m}`" for m in methods if m != "linear"}
+    # every number comes from the records: one per case × method, metrics in sane ranges
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["records"]) == len(cases) * len(methods)
+    for r in saved["records"]:
+        assert 0 < r["nrmse"] < 1 and 0 < r["ssim"] <= 1
+    nrmse = study.aggregate(saved["records"], "nrmse")
+    for c in cases:  # interpolation beats repeating slices on every case but the contrast change
+        if c != "ood_contrast_change":
+            assert nrmse[(c, "trilinear")][0] < nrmse[(c, "nearest")][0]
+    for name, (path, _caption) in saved["figures"].items():
+        assert (out / path).stat().st_size < 300_000, path
+        assert f"]({path})" in report
+    assert {f"case_{c}" for c in cases} <= set(saved["figures"])
+
+
+def test_benchmark_cli_runs_on_fixtures(tmp_path):
+    from IQTEnhanceLib import cli
+
+    out = tmp_path / "cli"
+    code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "nearest", "trilinear",
+                     "--cases", "in_distribution", "pathology", "--no-figures", "-q"])
+    assert code == 0
+    report = (out / "README.md").read_text()
+    _, rows = _table_rows(report, "### NRMSE in the brain mask")
+    assert set(rows) == {"`nearest`", "`trilinear`"}
+    _, rows = _table_rows(report, "### Lesions (`pathology`)")
+    kept = float(rows["`trilinear`"][1])
+    assert 20 < kept < 100  # thick slices lose part of a small lesion's contrast, never all of it
+    assert cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--cases", "nonsense", "-q"]) == 2
