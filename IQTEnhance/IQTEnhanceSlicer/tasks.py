@@ -1,0 +1,201 @@
+"""Enhancement of a volume node in three steps, split by thread.
+
+1. :class:`EnhanceTask` (constructor, **main thread**): check the node and the requests, copy the
+   voxels and geometry out of the scene.  Every misuse fails here, before any work starts, with one
+   clear :class:`~IQTEnhanceLib.errors.InputError` / :class:`~IQTEnhanceLib.errors.ModelError`.
+2. :meth:`EnhanceTask.run` (**any thread**, usually a :class:`~.runner.BackgroundJob` worker): the
+   engine only (:func:`IQTEnhanceLib.api.enhance` per request); never touches a node.
+3. :meth:`EnhanceTask.finish` (**main thread**): create (or update) the output nodes.  All or
+   nothing: if one node cannot be made, the nodes made before it are removed again.
+
+A cancelled or failed run never reaches step 3, so it leaves the scene exactly as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+from IQTEnhanceLib import api
+from IQTEnhanceLib.devices import resolve_device
+from IQTEnhanceLib.errors import InputError
+from IQTEnhanceLib.methods import get_method
+from IQTEnhanceLib.models import default_model_path
+from IQTEnhanceLib.progress import as_reporter
+from IQTEnhanceLib.volume import Volume
+
+from . import mrml
+
+BASELINE_METHOD = "trilinear"   # the interpolation every comparison includes
+
+
+@dataclasses.dataclass
+class EnhanceRequest:
+    """One engine call: a method with its model, device and options.
+
+    ``model``: None (the method's shipped default), a path, or a :class:`ModelFile`.
+    ``extras``: also make the method's extra maps (e.g. the SRep trust map) as volume nodes.
+    """
+
+    method: str
+    model: object = None
+    device: str = "auto"
+    options: dict = dataclasses.field(default_factory=dict)
+    factor: Optional[int] = None
+    axis: Optional[str] = None
+    extras: bool = False
+
+    def validate(self) -> None:
+        """Fail fast, on the main thread, for what the engine would reject only later."""
+        spec = get_method(self.method)
+        known = {o.name for o in spec.options}
+        unknown = set(self.options) - known
+        if unknown:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise InputError(f"method {self.method} has no option(s) {', '.join(sorted(unknown))} "
+                             f"(its options: {allowed})")
+        if self.extras and not spec.extras:
+            raise InputError(f"method {self.method} makes no extra maps (such as a trust map)")
+        if spec.needs_torch:
+            resolve_device(self.device)  # clear error now when CUDA was asked for and is missing
+        if spec.needs_model and self.model is None:
+            default_model_path(self.method)  # ModelError now when no shipped model exists
+        elif not spec.needs_model and self.model is not None:
+            raise InputError(f"method {self.method} takes no model file")
+        if isinstance(self.model, (str, Path)) and not Path(self.model).exists():
+            raise InputError(f"model file {self.model} does not exist")
+
+    def engine_options(self) -> dict:
+        """Options passed to the engine.  Asking for extras switches on the method's boolean options
+        named after them (e.g. ``trust`` / ``make_trust`` / ``trust_map``), if it has any."""
+        options = dict(self.options)
+        if self.extras:
+            spec = get_method(self.method)
+            for option in spec.options:
+                if option.type is bool and any(extra in option.name for extra in spec.extras):
+                    options.setdefault(option.name, True)
+        return options
+
+
+@dataclasses.dataclass
+class EnhanceOutput:
+    node: object                     # the enhanced volume node
+    extra_nodes: dict                # extra map name -> volume node
+    info: dict                       # engine info: method, label, factor, axis, device, model, seconds, ...
+    request: EnhanceRequest
+
+
+def check_enhanceable(volume: Volume, source: str = "input") -> None:
+    """A volume with a single voxel along an axis is a 2-D image: nothing lies between its slices,
+    and no patch-based model fits it."""
+    api.validate_input(volume, source)
+    thin = [("i", "j", "k")[a] for a in range(3) if volume.size_ijk[a] < 2]
+    if thin:
+        raise InputError(
+            f"{source} is too small: {volume.size_ijk[0]}x{volume.size_ijk[1]}x{volume.size_ijk[2]} voxels, "
+            f"a single voxel along {', '.join(thin)}; IQT needs a 3-D volume with at least 2 slices along each axis"
+        )
+
+
+class EnhanceTask:
+    """Enhance ``input_node`` with each request (one for Apply, several for Compare)."""
+
+    def __init__(self, scene, input_node, requests, output_node=None):
+        if isinstance(requests, EnhanceRequest):
+            requests = [requests]
+        requests = list(requests)
+        if not requests:
+            raise InputError("no method chosen")
+        self.scene = scene
+        self.input_node = input_node
+        self.requests = requests
+        self.input_name = input_node.GetName() if input_node is not None else ""
+        source = mrml.describe_node(input_node)
+        self.input_volume = mrml.volume_from_node(input_node)  # checks the node; copies the voxels
+        check_enhanceable(self.input_volume, source)
+        for request in requests:
+            request.validate()
+        if output_node is not None:
+            if len(requests) != 1:
+                raise InputError("an output volume can be given for one method only; Compare makes new volumes")
+            if output_node is input_node or output_node.GetID() == input_node.GetID():
+                raise InputError("the output volume must differ from the input volume (the input is never modified)")
+            if not output_node.IsA("vtkMRMLScalarVolumeNode") or output_node.IsA("vtkMRMLLabelMapVolumeNode") \
+                    or output_node.IsA("vtkMRMLVectorVolumeNode"):
+                raise InputError(f"output '{output_node.GetName()}' is a {output_node.GetClassName()}, "
+                                 "not a scalar volume")
+        self.output_node = output_node
+
+    # -- worker thread --------------------------------------------------------------------------
+    def run(self, progress=None, cancel=None) -> list:
+        """The engine work: a list of :class:`~IQTEnhanceLib.api.EnhanceResult`, one per request."""
+        reporter = as_reporter(progress, cancel, stage="IQTEnhance")
+        n = len(self.requests)
+        results = []
+        for index, request in enumerate(self.requests):
+            label = get_method(request.method).label
+            stage = label if n == 1 else f"[{index + 1}/{n}] {label}"
+            sub = reporter.sub(index / n, (index + 1) / n, stage)
+            sub(0.0, f"{stage}: starting", force=True)
+            result = api.enhance(self.input_volume, request.method, model=request.model, factor=request.factor,
+                                 axis=request.axis, device=request.device, progress=sub,
+                                 **request.engine_options())
+            results.append(result)
+        reporter(1.0, "done", force=True)
+        return results
+
+    # -- main thread ----------------------------------------------------------------------------
+    def finish(self, results) -> list:
+        """Make the output nodes (main thread).  Returns a list of :class:`EnhanceOutput`."""
+        if len(results) != len(self.requests):
+            raise RuntimeError(f"expected {len(self.requests)} results, got {len(results)}")
+        like = self.input_node if mrml.node_in_scene(self.scene, self.input_node) else None
+        created = []
+        outputs = []
+        try:
+            for request, result in zip(self.requests, results):
+                info = dict(result.info)
+                name = mrml.output_name(self.input_name, info.get("label", request.method), info["factor"])
+                target = self.output_node if mrml.node_in_scene(self.scene, self.output_node) else None
+                node = mrml.create_volume_node(self.scene, result.volume, name, like=like, node=target)
+                if target is None:
+                    created.append(node)
+                _record_provenance(node, self.input_name, info)
+                extra_nodes = {}
+                if request.extras:
+                    for extra_name, extra_volume in result.extras.items():
+                        extra = mrml.create_volume_node(
+                            self.scene, extra_volume, f"{name} {extra_name}", like=None,
+                            color_node_id="vtkMRMLColorTableNodeFileViridis.txt")
+                        created.append(extra)
+                        _record_provenance(extra, self.input_name, dict(info, map=extra_name))
+                        extra_nodes[extra_name] = extra
+                outputs.append(EnhanceOutput(node, extra_nodes, info, request))
+        except Exception:
+            for node in reversed(created):
+                mrml.remove_node(self.scene, node)
+            raise
+        return outputs
+
+
+def _record_provenance(node, input_name: str, info: dict) -> None:
+    """How the node was made, as node attributes (saved with the scene)."""
+    node.SetAttribute("IQTEnhance.input", input_name or "")
+    node.SetAttribute("IQTEnhance.method", str(info.get("method", "")))
+    node.SetAttribute("IQTEnhance.model", str(info.get("model") or ""))
+    node.SetAttribute("IQTEnhance.info", json.dumps(info, default=str, sort_keys=True))
+
+
+def compare_requests(methods, *, device: str = "auto", models: Optional[dict] = None,
+                     options: Optional[dict] = None, baseline: str = BASELINE_METHOD) -> list:
+    """Requests for a comparison: each method in ``methods`` plus the interpolation ``baseline``
+    (first, so the grid reads baseline | methods), each method once."""
+    models = models or {}
+    options = options or {}
+    names = []
+    for name in ([baseline] if baseline else []) + list(methods):
+        if name not in names:
+            names.append(name)
+    return [EnhanceRequest(name, model=models.get(name), device=device, options=dict(options.get(name, {})))
+            for name in names]
