@@ -1,0 +1,257 @@
+"""What the panel shows, derived from the engine's registries (no Qt here, so it is tested headless).
+
+- the method list (``IQTEnhanceLib.methods``: a method appears as soon as its module lands; a method
+  that needs a model is "ready" when a shipped model exists or the user loads one);
+- the option fields of each method (its ``MethodSpec.options``) as typed parameter-pack fields with
+  widget ranges, so only the chosen method's options are shown;
+- the model list per method (``IQTEnhanceLib.models.shipped_models``);
+- the device list (auto / CPU / GPU, GPU disabled with the reason as tooltip);
+- the named processing states and what each one does to the buttons (as in SlicerMONAIAuto3DSeg).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import keyword
+import math
+from typing import Optional
+
+from IQTEnhanceLib.devices import cuda_available, cuda_unavailable_reason, torch_available
+from IQTEnhanceLib.errors import IQTError
+from IQTEnhanceLib.methods import METHOD_MODULES, MethodOption, available_methods, get_method
+from IQTEnhanceLib.models import shipped_models, shipped_models_dir
+
+INTERPOLATION_METHODS = ("nearest", "trilinear", "bspline")
+LOAD_MODEL_ITEM = "Load model file…"
+
+
+# -- methods ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class MethodEntry:
+    name: str
+    label: str
+    description: str
+    needs_model: bool
+    needs_torch: bool
+    ready: bool                 # can run now without the user loading a model file
+    reason: str = ""            # why not ready (shown as tooltip)
+    extras: tuple = ()
+
+
+def method_entries() -> list:
+    """Every method of this installation, in registry order (learned methods first in the panel)."""
+    entries = []
+    for name in available_methods():
+        spec = get_method(name)
+        models = shipped_models(name) if spec.needs_model else []
+        ready, reason = True, ""
+        if spec.needs_model and not models:
+            ready, reason = False, f"no shipped {spec.label} model: load a model file"
+        if spec.needs_torch and not torch_available():
+            ready, reason = False, "needs PyTorch (installed on first use, after you confirm)"
+        entries.append(MethodEntry(name, spec.label, spec.description, spec.needs_model, spec.needs_torch,
+                                   ready, reason, tuple(spec.extras)))
+    learned = [e for e in entries if e.name not in INTERPOLATION_METHODS]
+    return learned + [e for e in entries if e.name in INTERPOLATION_METHODS]
+
+
+def default_method() -> str:
+    """The first ready learned method (the paper's order: srep, ddl, dl, ...), else trilinear."""
+    for entry in method_entries():
+        if entry.ready and entry.name not in INTERPOLATION_METHODS:
+            return entry.name
+    return "trilinear"
+
+
+def all_method_names() -> tuple:
+    return tuple(METHOD_MODULES)
+
+
+# -- options ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class OptionField:
+    """One method option as a typed field of the method's parameter pack, with widget settings."""
+
+    option: str                 # the engine's option name
+    field: str                  # a valid Python identifier (``lambda`` -> ``lambda_``)
+    type: type
+    default: object
+    help: str
+    choices: Optional[tuple] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    decimals: Optional[int] = None
+    step: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        text = self.option.replace("_", " ")
+        return text[:1].upper() + text[1:]
+
+
+def field_name(option: str) -> str:
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in option)
+    if not name or name[0].isdigit():
+        name = "_" + name
+    return name + "_" if keyword.iskeyword(name) else name
+
+
+def _decimals_for(value: float) -> int:
+    """Enough decimals to show ``value`` and a tenth of it (λ = 1e-4 needs 5 decimals)."""
+    if value == 0:
+        return 3
+    return int(min(10, max(2, math.ceil(-math.log10(abs(value))) + 2)))
+
+
+def option_field(option: MethodOption) -> OptionField:
+    """Widget ranges from the default value: options are sizes, strides, weights and counts, so
+    non-negative defaults get a non-negative range up to 100x (at least 1000 for counts)."""
+    t = option.type
+    f = OptionField(option.name, field_name(option.name), t, option.default, option.help,
+                    tuple(option.choices) if option.choices else None)
+    if f.choices is not None or t in (bool, str):
+        return f
+    default = float(option.default or 0)
+    if t is int:
+        f.minimum = 0 if default >= 0 else -1_000_000
+        f.maximum = max(1000, int(abs(default) * 100))
+        f.step = 1
+    elif t is float:
+        f.minimum = 0.0 if default >= 0 else -max(1.0, abs(default) * 100)
+        f.maximum = max(1.0, abs(default) * 100)
+        f.decimals = _decimals_for(default)
+        f.step = 10 ** -(f.decimals - 1)
+    return f
+
+
+def option_fields(method: str) -> list:
+    return [option_field(o) for o in get_method(method).options]
+
+
+def options_from_fields(method: str, values: dict) -> dict:
+    """Engine options from field values (``{"lambda_": 0.1}`` -> ``{"lambda": 0.1}``), typed."""
+    out = {}
+    for f in option_fields(method):
+        if f.field in values:
+            out[f.option] = f.type(values[f.field])
+    return out
+
+
+# -- models -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ModelEntry:
+    label: str
+    path: str                   # "" for the "Load model file…" item
+    tooltip: str = ""
+    default: bool = False
+
+
+def model_entries(method: str, extra_paths=()) -> list:
+    """Shipped models of ``method`` (default first), the user's loaded files, then "Load model file…".
+    Empty for methods without a model."""
+    try:
+        spec = get_method(method)
+    except IQTError:
+        return []
+    if not spec.needs_model:
+        return []
+    entries = []
+    for m in sorted(shipped_models(method), key=lambda e: (not e.get("default"), e["name"])):
+        tip = f"×{m['factor']}, trained on {m.get('training_data') or '?'}"
+        if m.get("model_card"):
+            tip += f"\n{m['model_card']}"
+        entries.append(ModelEntry(f"{m['name']} (×{m['factor']})", str(shipped_models_dir() / m["file"]), tip,
+                                  bool(m.get("default"))))
+    for path in extra_paths:
+        if path and all(e.path != str(path) for e in entries):
+            entries.append(ModelEntry(str(path).replace("\\", "/").rsplit("/", 1)[-1], str(path), str(path)))
+    entries.append(ModelEntry(LOAD_MODEL_ITEM, "", "choose an .iqtm model file trained with iqt-enhance train"))
+    return entries
+
+
+# -- devices ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class DeviceEntry:
+    name: str                   # engine device name
+    label: str
+    enabled: bool
+    tooltip: str
+
+
+def device_entries() -> list:
+    gpu = cuda_available()
+    reason = "" if gpu else cuda_unavailable_reason()
+    return [
+        DeviceEntry("auto", "Auto", True, "the GPU when PyTorch sees one, else the CPU"
+                    + ("" if gpu else f" (now: CPU, because {reason})")),
+        DeviceEntry("cpu", "CPU", True, "run on the CPU"),
+        DeviceEntry("cuda", "GPU", gpu, "run on the CUDA GPU" if gpu else f"GPU unavailable: {reason}"),
+    ]
+
+
+# -- processing states ------------------------------------------------------------------------
+class ProcessingState(str, enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"         # dependencies checked / input copied, worker not yet running
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    IMPORTING = "importing"       # worker done, output nodes being made on the main thread
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class StateView:
+    """What a state does to the panel.  ``apply_enabled=None``: enabled when the inputs are valid."""
+
+    text: str
+    apply_text: str
+    apply_enabled: Optional[bool]
+    apply_tooltip: str
+    inputs_enabled: bool
+    progress_visible: bool
+    busy: bool
+
+
+STATE_TABLE = {
+    ProcessingState.IDLE: StateView("Idle", "Apply", None, "Enhance the input volume", True, False, False),
+    ProcessingState.STARTING: StateView("Starting", "Apply", False, "Preparing…", False, True, True),
+    ProcessingState.RUNNING: StateView("Enhancing", "Cancel", True, "Stop after the current batch of patches",
+                                       False, True, True),
+    ProcessingState.CANCELLING: StateView("Cancelling", "Cancelling…", False,
+                                          "Waiting for the current batch of patches to finish", False, True, True),
+    ProcessingState.IMPORTING: StateView("Creating output volumes", "Apply", False, "Adding the result to the scene",
+                                         False, True, True),
+    ProcessingState.COMPLETED: StateView("Completed", "Apply", None, "Enhance the input volume", True, True, False),
+    ProcessingState.CANCELLED: StateView("Cancelled", "Apply", None, "Enhance the input volume", True, True, False),
+    ProcessingState.FAILED: StateView("Failed", "Apply", None, "Enhance the input volume", True, True, False),
+}
+
+
+def progress_text(state: ProcessingState, update=None) -> str:
+    """The progress bar's text: stage, percent and time left."""
+    view = STATE_TABLE[ProcessingState(state)]
+    if update is None or state not in (ProcessingState.RUNNING, ProcessingState.CANCELLING):
+        return view.text
+    text = f"{update.message or view.text}  {100 * update.fraction:.0f}%"
+    left = update.remaining_text()
+    if left and state is ProcessingState.RUNNING:
+        text += f"  ({left} left)"
+    return text
+
+
+def input_problems(input_node, method: str, model_path: str, device: str) -> list:
+    """Reasons Apply cannot run yet (its tooltip), cheap enough to evaluate on every GUI update."""
+    problems = []
+    if input_node is None:
+        problems.append("Select an input volume.")
+    try:
+        spec = get_method(method)
+    except IQTError as exc:
+        return problems + [str(exc)]
+    if spec.needs_model and not model_path and not shipped_models(method):
+        problems.append(f"Load a {spec.label} model file (none is shipped).")
+    if device == "cuda" and not cuda_available():
+        problems.append(f"GPU unavailable: {cuda_unavailable_reason()}.")
+    return problems

@@ -1,0 +1,164 @@
+"""What the panel shows, from the registries (methods, options, models, devices, states), and the
+dependency decisions (confirm, never touch Slicer's packages) — all headless."""
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+from IQTEnhanceLib.devices import cuda_available, cuda_unavailable_reason
+from IQTEnhanceLib.methods import MethodOption, available_methods, get_method
+from IQTEnhanceLib.models import shipped_models
+from IQTEnhanceSlicer import deps, panel
+from IQTEnhanceSlicer.runner import ProgressUpdate
+
+
+def test_every_available_method_is_listed_learned_first():
+    entries = panel.method_entries()
+    assert sorted(e.name for e in entries) == sorted(available_methods())
+    names = [e.name for e in entries]
+    interp = [n for n in names if n in panel.INTERPOLATION_METHODS]
+    assert names[-len(interp):] == interp
+    for e in entries:
+        spec = get_method(e.name)
+        assert e.label == spec.label
+        assert e.ready == (not spec.needs_model or bool(shipped_models(e.name))) or e.needs_torch
+        assert e.ready or e.reason
+    assert panel.default_method() in names
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_option_fields_of_every_method_are_valid_parameter_pack_fields(method):
+    for f in panel.option_fields(method):
+        assert f.field.isidentifier()
+        assert f.type in (int, float, str, bool)
+        if f.minimum is not None:
+            assert f.minimum <= f.default <= f.maximum
+        if f.choices:
+            assert f.default in f.choices
+    defaults = {f.field: f.default for f in panel.option_fields(method)}
+    assert panel.options_from_fields(method, defaults) == {o.name: o.default for o in get_method(method).options}
+
+
+def test_option_field_ranges_and_names():
+    lam = panel.option_field(MethodOption("lambda", float, 1e-4, "sparsity weight"))
+    assert lam.field == "lambda_" and lam.label == "Lambda"
+    assert lam.minimum == 0.0 and lam.maximum >= 1.0 and lam.decimals >= 5 and lam.step < 1e-4
+    stride = panel.option_field(MethodOption("stride", int, 2, "patch stride"))
+    assert (stride.minimum, stride.step) == (0, 1) and stride.maximum >= 1000
+    solver = panel.option_field(MethodOption("solver", str, "fista", "L1 solver", ("fista", "lars")))
+    assert solver.choices == ("fista", "lars") and solver.minimum is None
+    assert panel.field_name("batch-size") == "batch_size" and panel.field_name("2x") == "_2x"
+
+
+def test_model_entries_list_shipped_models_then_loaded_then_load_item(tmp_path):
+    for method in available_methods():
+        entries = panel.model_entries(method, extra_paths=[str(tmp_path / "mine.iqtm")])
+        if not get_method(method).needs_model:
+            assert entries == []
+            continue
+        shipped = shipped_models(method)
+        assert len(entries) == len(shipped) + 2
+        assert entries[-1].label == panel.LOAD_MODEL_ITEM and entries[-1].path == ""
+        assert entries[-2].label == "mine.iqtm"
+        for e in entries[:-2]:
+            assert Path(e.path).exists()
+        if shipped:
+            assert entries[0].default or not any(m.get("default") for m in shipped)
+
+
+def test_gpu_item_is_disabled_with_the_reason_when_unavailable():
+    devices = {d.name: d for d in panel.device_entries()}
+    assert list(devices) == ["auto", "cpu", "cuda"] and devices["cuda"].label == "GPU"
+    assert devices["cpu"].enabled and devices["auto"].enabled
+    assert devices["cuda"].enabled == cuda_available()
+    if not cuda_available():
+        assert cuda_unavailable_reason() in devices["cuda"].tooltip
+
+
+def test_state_table_drives_apply_and_cancel():
+    table = panel.STATE_TABLE
+    assert set(table) == set(panel.ProcessingState)
+    assert table[panel.ProcessingState.RUNNING].apply_text == "Cancel" and table[panel.ProcessingState.RUNNING].apply_enabled
+    assert not table[panel.ProcessingState.CANCELLING].apply_enabled
+    for state, view in table.items():
+        assert view.inputs_enabled == (not view.busy)
+        assert (view.apply_text == "Apply") == (state not in (panel.ProcessingState.RUNNING,
+                                                               panel.ProcessingState.CANCELLING))
+    update = ProgressUpdate(0.5, "IQT-SRep: enhanced 100/200 patches", 60.0, 60.0)
+    text = panel.progress_text(panel.ProcessingState.RUNNING, update)
+    assert "100/200" in text and "50%" in text and "1 min 00 s left" in text
+    assert panel.progress_text(panel.ProcessingState.IDLE, update) == "Idle"
+
+
+def test_input_problems_explain_why_apply_is_disabled():
+    assert panel.input_problems(None, "trilinear", "", "auto") == ["Select an input volume."]
+    assert panel.input_problems(object(), "trilinear", "", "cpu") == []
+    assert "unknown method" in panel.input_problems(object(), "magic", "", "cpu")[0]
+    if not cuda_available():
+        assert any("GPU unavailable" in p for p in panel.input_problems(object(), "trilinear", "", "cuda"))
+
+
+# -- dependencies -------------------------------------------------------------------------------
+def test_nothing_is_installed_when_everything_is_there():
+    asked = []
+    assert deps.missing_packages(needs_torch=True) == []
+    assert deps.ensure_packages(True, lambda *a: asked.append(a) or True, lambda *a: asked.append(a)) == []
+    assert asked == []
+
+
+def test_constraints_pin_the_packages_slicer_ships():
+    pins = deps.protected_constraints()
+    assert f"numpy=={importlib.metadata.version('numpy')}" in pins
+    assert f"SimpleITK=={importlib.metadata.version('SimpleITK')}" in pins
+    path = deps.write_constraints()
+    try:
+        assert Path(path).read_text().split() == pins
+    finally:
+        Path(path).unlink()
+
+
+def test_missing_package_installs_only_after_confirmation(monkeypatch):
+    monkeypatch.setitem(deps.ENGINE_PACKAGES, "iqtenhance_no_such_module", "iqtenhance-no-such-dist")
+    installs = []
+
+    def pip_install(requirement, constraints):
+        installs.append((requirement, Path(constraints).read_text()))
+
+    with pytest.raises(deps.DependencyError, match="declined"):
+        deps.ensure_packages(False, lambda title, text: False, pip_install)
+    assert installs == []
+
+    messages = []
+    with pytest.raises(deps.DependencyError, match="cannot be imported"):
+        deps.ensure_packages(False, lambda title, text: messages.append(text) or True, pip_install)
+    assert "iqtenhance-no-such-dist" in messages[0] and "numpy, SimpleITK and vtk are left as they are" in messages[0]
+    (requirement, constraints), = installs
+    assert requirement == "iqtenhance-no-such-dist"
+    assert f"numpy=={importlib.metadata.version('numpy')}" in constraints
+
+
+def test_torch_goes_through_pytorch_utils_when_present(monkeypatch):
+    monkeypatch.setattr(deps, "module_available", lambda name: name != "torch" or calls["installed"])
+    calls = {"installed": False, "pip": 0, "install_args": None}
+
+    class Logic:
+        def installTorch(self, **kwargs):
+            calls["install_args"] = kwargs
+            calls["installed"] = True
+            return object()
+
+    class PyTorchUtils:
+        PyTorchUtilsLogic = Logic
+
+    def pip_install(requirement, constraints):
+        calls["pip"] += 1
+
+    assert deps.ensure_packages(True, lambda t, m: True, pip_install, PyTorchUtils) == [deps.TORCH_REQUIREMENT]
+    assert calls["pip"] == 0 and calls["install_args"]["askConfirmation"] is False
+    assert deps.ensure_packages(False, lambda t, m: pytest.fail("asked"), pip_install) == []
+
+
+def test_a_missing_slicer_package_is_reported_not_reinstalled(monkeypatch):
+    monkeypatch.setitem(deps.SLICER_SHIPPED, "iqtenhance_no_such_vtk", "vtk")
+    with pytest.raises(deps.DependencyError, match="reinstall Slicer"):
+        deps.ensure_packages(False, lambda *a: pytest.fail("asked"), lambda *a: pytest.fail("installed"))
