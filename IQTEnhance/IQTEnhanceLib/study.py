@@ -118,12 +118,13 @@ def default_cases(full: bool = False) -> list:
         Case("in_distribution", "In distribution: Colin27 T1", "in distribution", "colin27_t1",
              note="another subject (Colin27, a single brain scanned 27 times), T1 like the training "
                   "template, simulation inside the training ranges"),
+        Case("brain_2009a", "Second held-out brain: ICBM 2009a T1", "in distribution", "icbm2009a_t1",
+             note="the ICBM 2009a T1 average: the same 152 subjects as the training template, registered "
+                  "and processed differently; same contrast, simulation inside the training ranges, so in "
+                  "distribution (a weaker test than Colin27: nearly the training anatomy)"),
         Case("ood_contrast_t2", "OOD contrast: ICBM 2009c T2", "out of distribution", "icbm2009c_t2",
              note="a contrast never seen in training; the SAME anatomy as the training T1 template "
                   "(both are the ICBM 2009c average), so only the contrast is new"),
-        Case("ood_brain_2009a", "Second held-out brain: ICBM 2009a T1", "out of distribution", "icbm2009a_t1",
-             note="the ICBM 2009a T1 average: the same 152 subjects as the training template, "
-                  "registered and processed differently (a mild shift, not a new population)"),
         Case("ood_low_snr", "OOD simulation: SNR 5", "out of distribution", "colin27_t1", snr=5.0,
              note="noise 2× stronger than the noisiest training data (SNR 10-40)"),
         Case("ood_contrast_change", "OOD simulation: contrast change 0.6/1.0/1.4", "out of distribution",
