@@ -63,11 +63,21 @@ def enhance(lq, factor, model, device, reporter, gain=1.0, mode="linear", flip=F
 OPTIONS = (MethodOption("gain", float, 1.0, "output gain"),
            MethodOption("mode", str, "linear", "a choice", ("linear", "other")),
            MethodOption("flip", bool, False, "a switch"))
+def train(pairs, factor, options, reporter, provenance):
+    from IQTEnhanceLib.models import ModelFile
+
+    realizations = pairs.fixed(1)
+    reporter(1.0, "trained", force=True)
+    return ModelFile("fakemodel", "fake-trained", factor, {"scale": options["scale"]},
+                     {"n": np.array([len(realizations)])}, training=provenance)
+
+
 SPECS = {
     "fakeopt": MethodSpec(name="fakeopt", label="Fake", description="test method with options",
                           enhance=enhance, options=OPTIONS, extras=("trust",)),
     "fakemodel": MethodSpec(name="fakemodel", label="Fake model", description="test method with a model",
-                            enhance=enhance, needs_model=True),
+                            enhance=enhance, needs_model=True, train=train,
+                            train_options=(MethodOption("scale", float, 1.0, "a training option"),)),
 }
 '''
 
@@ -323,3 +333,29 @@ def test_demo_runs_every_available_method(tmp_path, capsys):
     assert (out_dir / "lq.nii.gz").exists() and (out_dir / "hq.nii.gz").exists()
     by_name = {r["name"]: float(r["nrmse"]) for r in rows}
     assert by_name["trilinear"] < by_name["nearest"]
+
+
+def test_train_and_models_commands(files, fake_methods, capsys):
+    from IQTEnhanceLib.models import load_model
+
+    d = files["dir"]
+    code, out, err = run(capsys, "train", "--method", "fakemodel", "--hq", files["hq"], "--mask", files["mask"],
+                         "--out", d / "m.iqtm", "--scale", 2, "--factor", 4, "--seed", 1, "-q")
+    assert code == 0, err
+    model = load_model(d / "m.iqtm")
+    assert model.params == {"scale": 2.0} and int(model.arrays["n"][0]) == 3  # one realization per axis
+    assert model.training["data"] == str(files["hq"]) and model.training["seed"] == 1
+    assert model.training["simulation"]["mode"] == "stochastic"
+    assert run(capsys, "simulate", files["hq"], d / "lq.nii.gz", "-q")[0] == 0
+    assert run(capsys, "enhance", d / "lq.nii.gz", d / "o.nii.gz", "--method", "fakemodel", "--model",
+               d / "m.iqtm", "-q")[0] == 0
+    code, _, err = run(capsys, "train", "--method", "trilinear", "--out", d / "t.iqtm", "-q")
+    assert code == 2 and "not trained" in one_error_line(err)
+    code, _, err = run(capsys, "train", "--method", "fakemodel", "--hq", files["hq"], "--mask", files["mask"],
+                       files["mask"], "--out", d / "t.iqtm", "-q")
+    assert code == 2 and "one file per --hq" in one_error_line(err)
+    assert not (d / "t.iqtm").exists()
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "shipped models" in out
+    for name in METHOD_MODULES:
+        assert name in out
