@@ -176,6 +176,8 @@ def read_volume(path, *, allow_label_map: bool = False, check_finite: bool = Tru
         raise InputError(f"{path}: expected a 3-D volume, got a {dimension}-D image of size {list(size)}")
     if components != 1:
         raise InputError(f"{path}: expected a scalar volume, got {components} components per voxel")
+    if any(int(n) == 1 for n in size[:3]):
+        raise InputError(f"{path}: expected a 3-D volume, got a single slice (size {list(size[:3])})")
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -246,10 +248,26 @@ def write_volume(volume: Volume, path, *, dtype=np.float32, overwrite: bool = Tr
     path.parent.mkdir(parents=True, exist_ok=True)
     array = volume.array if dtype is None else volume.array.astype(dtype, copy=False)
     image = volume.with_array(array).to_sitk()
+    compress = path.name.lower().endswith((".gz", ".nrrd"))
+    if path.suffix.lower() in (".nhdr", ".mhd"):
+        # A detached header names its data file, so both are written under their final names in a
+        # temporary folder beside the target and moved into place, data first, header last.
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        try:
+            sitk.WriteImage(image, str(folder / path.name), useCompression=compress)
+            written = sorted(folder.iterdir(), key=lambda p: p.name == path.name)
+            for item in written:
+                os.replace(item, path.parent / item.name)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return path
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")
     try:
-        sitk.WriteImage(image, str(tmp), useCompression=path.name.lower().endswith((".gz", ".nrrd")))
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

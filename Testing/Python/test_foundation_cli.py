@@ -166,6 +166,8 @@ def bad_inputs(d, colin):
     flat = sitk.GetImageFromArray(arr[20])
     sitk.WriteImage(flat, str(d / "flat.nii.gz"))
     cases["2-D image"] = (d / "flat.nii.gz", "3-D")
+    write_volume(Volume(arr[20:21], (1, 1, 1)), d / "slice.nii.gz")
+    cases["single slice"] = (d / "slice.nii.gz", "single slice")
     series = sitk.JoinSeries([sitk.GetImageFromArray(arr)] * 3)
     sitk.WriteImage(series, str(d / "series.nii.gz"))
     cases["4-D image"] = (d / "series.nii.gz", "3-D")
