@@ -242,7 +242,7 @@ def test_factor_grid_and_model_errors(files, colin, fake_methods, capsys):
         (["simulate", hq, d / "o.txt"], "unsupported output"),
         (["simulate", hq, hq], "refusing to overwrite"),
         (["enhance", lq, d / "o.nii.gz", "--method", "trilinear", "--factor", 1], "factor"),
-        (["enhance", one, d / "o.nii.gz", "--method", "trilinear", "--axis", "k"], "at least 2"),
+        (["enhance", one, d / "o.nii.gz", "--method", "trilinear", "--axis", "k"], "single slice"),
         (["enhance", lq, lq, "--method", "trilinear"], "refusing to overwrite"),
         (["enhance", lq, d / "o.nii.gz", "--method", "trilinear", "--model", mine], "takes no model"),
         (["enhance", lq, d / "o.nii.gz", "--method", "fakemodel", "--model", not_a_model], "not an IQTEnhance model"),
