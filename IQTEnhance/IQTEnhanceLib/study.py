@@ -446,7 +446,7 @@ def resolve_methods(requested: Optional[list] = None, models: Optional[dict] = N
             except ModelError as exc:
                 missing[name] = str(exc)
                 continue
-        trust = next((o.name for o in spec.options if o.name in ("trust_map", "trust")), None)
+        trust = next((o.name for o in spec.options if o.type is bool and "trust" in o.name), None)
         options = {trust: True} if trust else {}
         runs.append(MethodRun(name, spec.label, model, options, trust))
     return runs, missing
@@ -558,7 +558,7 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
                 rec = {"case": case.name, "seed": seed, "method": run.name, "seconds": seconds}
                 rec.update({k: v for k, v in evaluate_arrays(output, truth, data.mask).items() if k != "voxels"})
                 rec.update(regression_to_mean(output, truth, data.mask, scale, mu_train))
-                trust = result.extras.get("trust") if run.trust_option else None
+                trust = next((v for k, v in result.extras.items() if "trust" in k), None)
                 if trust is not None:
                     rec["trust_error_corr"] = trust_error_correlation(trust.array, output, truth, data.mask)
                 if data.lesion_index is not None:
@@ -852,7 +852,9 @@ def render_report(results: dict) -> str:
 
     if trust_corr:
         L.append("### SRep trust map\n")
-        L.append("Correlation of the trust map with the absolute error in the brain, per case:\n")
+        L.append("Voxel-wise correlation of the trust map (SRep: the relative residual of the sparse code, high = "
+                 "the LQ patch is poorly explained by the dictionary) with the absolute error in the brain; "
+                 "positive = the map points at the errors:\n")
         rows = [[f"`{m}`"] + [_cell(trust_corr, c, m, 2, signed=True) for c in case_names]
                 for m in methods if any((c, m) in trust_corr for c in case_names)]
         L.append(_table(["method"] + [f"`{c}`" for c in case_names], rows))
@@ -1042,7 +1044,9 @@ def write_figures(results: dict, figure_data: dict, out_dir: Path) -> dict:
         for n, m in enumerate(trust_cols):  # trust maps: extra columns at the right
             ax = axes[0, len(cols) + n]
             t = fd["trust"][m][ks, is_]
-            ax.imshow(t, cmap="viridis", origin="lower", interpolation="nearest")
+            top = float(np.percentile(t[mask], 99)) if mask.any() else float(t.max())
+            ax.imshow(t, cmap="viridis", vmin=0, vmax=top if top > 0 else None, origin="lower",
+                      interpolation="nearest")
             ax.set_title(f"{m} trust map", fontsize=8)
             axes[1, len(cols) + n].axis("off")
         for n, col in enumerate(cols):
