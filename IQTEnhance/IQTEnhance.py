@@ -23,8 +23,12 @@ from slicer.util import VTKObservationMixin
 
 try:
     from slicer.i18n import tr as _
+    from slicer.i18n import translate
 except ImportError:  # Slicer < 5.4
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 from IQTEnhanceLib.errors import CancelledError, IQTError
@@ -46,7 +50,7 @@ class IQTEnhance(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("IQT Enhance")
-        self.parent.categories = [_("Filtering")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Filtering")]
         self.parent.dependencies = []
         self.parent.contributors = ["IQTEnhance contributors"]
         self.parent.helpText = _(
@@ -559,7 +563,7 @@ class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
 
     # -- dependencies ---------------------------------------------------------------------------
     def ensureDependencies(self, methods) -> None:
-        """torch (when a method needs it), scipy, scikit-learn: checked, installed after confirmation."""
+        """torch (when a method needs it) and scipy: checked, installed after the user confirms."""
         needsTorch = any(get_method(m).needs_torch for m in methods)
         if not deps.missing_packages(needsTorch):
             return

@@ -7,7 +7,7 @@ user confirms, and never at the cost of the packages Slicer itself ships.
   (and of scipy, when Slicer ships it), so a dependency cannot drag in another numpy either.
 * torch (only for the methods that need it): through the PyTorch extension's ``PyTorchUtils``
   when it is installed (it picks the wheel matching the GPU driver), else ``pip install torch``.
-* scipy and scikit-learn: pip, if missing.
+* scipy (Slicer ships it; older or custom builds may not): pip, if missing.
 
 No Qt here: the caller passes ``confirm(title, message) -> bool`` and ``pip_install(requirements,
 constraints_path)`` (in Slicer: ``slicer.util.confirmOkCancelDisplay`` and ``slicer.util.pip_install``),
@@ -27,7 +27,8 @@ from IQTEnhanceLib.errors import IQTError
 
 # import name -> distribution name
 SLICER_SHIPPED = {"numpy": "numpy", "SimpleITK": "SimpleITK", "vtk": "vtk"}
-ENGINE_PACKAGES = {"scipy": "scipy", "sklearn": "scikit-learn"}
+# Besides Slicer's own packages the engine needs scipy, and torch for the methods that say so (needs_torch)
+ENGINE_PACKAGES = {"scipy": "scipy"}
 TORCH_REQUIREMENT = "torch>=2.1"          # the engine works with any torch >= 2.1
 
 

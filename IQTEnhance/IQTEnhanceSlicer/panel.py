@@ -97,9 +97,10 @@ def field_name(option: str) -> str:
 
 
 def _decimals_for(value: float) -> int:
-    """Enough decimals to show ``value`` and a tenth of it (λ = 1e-4 needs 5 decimals)."""
+    """Enough decimals to show ``value`` and a tenth of it (λ = 1e-4 needs 6 decimals); 4 for a
+    default of 0 (often "use the model's value"), which fits weights down to 1e-4."""
     if value == 0:
-        return 3
+        return 4
     return int(min(10, max(2, math.ceil(-math.log10(abs(value))) + 2)))
 
 
