@@ -903,8 +903,9 @@ def _headline(results, nrmse, kept, pull) -> list:
             go = _mean_over([gain(nrmse, c, m, BASELINE) for c in ood])
             per = ", ".join(f"{c} {_fmt(gain(nrmse, c, m, BASELINE), 1, True)}%" for c in ood
                             if gain(nrmse, c, m, BASELINE) is not None)
-            out.append(f"- **{m}** vs linear regression: {_fmt(gi, 1, True)}% NRMSE in distribution, "
-                       f"{_fmt(go, 1, True)}% on average out of distribution ({per}).")
+            out.append(f"- **{m}** gains {_fmt(gi, 1, True)}% over linear regression in distribution and "
+                       f"{_fmt(go, 1, True)}% on average out of distribution ({per}); gain = % lower NRMSE than "
+                       "`linear`, negative = worse than linear.")
     else:
         out.append("- `linear` was not evaluated: no gains over linear regression can be given.")
     check = claim_checks(results)
