@@ -22,7 +22,7 @@ from IQTEnhanceLib.devices import resolve_device
 from IQTEnhanceLib.errors import InputError
 from IQTEnhanceLib.methods import get_method
 from IQTEnhanceLib.models import default_model_path
-from IQTEnhanceLib.progress import as_reporter
+from IQTEnhanceLib.progress import Reporter, as_reporter
 from IQTEnhanceLib.volume import Volume
 
 from . import mrml
@@ -130,12 +130,22 @@ class EnhanceTask:
     # -- worker thread --------------------------------------------------------------------------
     def run(self, progress=None, cancel=None) -> list:
         """The engine work: a list of :class:`~IQTEnhanceLib.api.EnhanceResult`, one per request."""
-        reporter = as_reporter(progress, cancel, stage="IQTEnhance")
         n = len(self.requests)
+        prefix = [""]
+        if n > 1 and callable(progress) and not isinstance(progress, Reporter):
+            # a comparison: say which method the engine's messages ("enhanced 300/900 patches") are about
+            user_progress = progress
+
+            def progress(fraction, message):
+                text = message if message.startswith(prefix[0]) else f"{prefix[0]}{message}"
+                user_progress(fraction, text)
+
+        reporter = as_reporter(progress, cancel, stage="IQTEnhance")
         results = []
         for index, request in enumerate(self.requests):
             label = get_method(request.method).label
             stage = label if n == 1 else f"[{index + 1}/{n}] {label}"
+            prefix[0] = f"{stage}: " if n > 1 else ""
             sub = reporter.sub(index / n, (index + 1) / n, stage)
             sub(0.0, f"{stage}: starting", force=True)
             result = api.enhance(self.input_volume, request.method, model=request.model, factor=request.factor,

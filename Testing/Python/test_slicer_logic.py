@@ -149,9 +149,17 @@ def test_worker_error_is_reported_with_details_and_adds_no_node(colin):
 def test_compare_runs_the_baseline_and_each_method_once(colin):
     s = scene()
     node = add_lq_node(s, colin[0], OBLIQUE_RAS)
-    methods = [m for m in RUNNABLE if m != "trilinear"][:2]
-    nodes = EnhanceLogic(s).compare(node, methods + ["trilinear"], device="cpu")
+    methods = ["bspline", "nearest"]  # the comparison logic is the same for every method; these are fast
+    messages = []
+    nodes = EnhanceLogic(s).compare(node, methods + ["trilinear"], device="cpu",
+                                    progress=lambda f, m: messages.append((f, m)))
     assert [n.GetAttribute("IQTEnhance.method") for n in nodes] == ["trilinear"] + methods
+    # each engine message says which method it is about; progress runs once from 0 to 1 over all
+    assert all(m.startswith(("[1/3] Trilinear: ", "[2/3] Cubic B-spline: ", "[3/3] Nearest neighbour: "))
+               for _, m in messages), messages
+    assert {m[:5] for _, m in messages} == {"[1/3]", "[2/3]", "[3/3]"}
+    fractions = [f for f, _ in messages]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert len({n.GetName() for n in nodes}) == len(nodes)
     for a in nodes:
         np.testing.assert_allclose(ras_bounds(a), ras_bounds(node), atol=1e-6)
