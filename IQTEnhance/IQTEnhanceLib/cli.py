@@ -595,7 +595,7 @@ def _demo_figure(path, hq, mask, lq_nearest, outputs: dict, metrics: dict, thick
     vmax = float(np.percentile(hq[mask], 99.5))
     columns = [("HQ (reference)", hq, None), ("LQ (as acquired)", lq_nearest, None)]
     columns += [(name, array, metrics.get(name)) for name, array in outputs.items()]
-    fig, axes = plt.subplots(2, len(columns), figsize=(2.6 * len(columns), 5.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(columns), figsize=(2.6 * len(columns), 6.0), squeeze=False)
     for c, (name, array, m) in enumerate(columns):
         image = cut(array)
         axes[0, c].imshow(image, cmap="gray", vmin=0, vmax=vmax, origin="lower", interpolation="nearest")
@@ -633,6 +633,8 @@ def cmd_demo(args) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
+    if args.mask and not args.input:
+        raise InputError("--mask goes with --input")
     if args.input:
         hq = read_volume(args.input)
         mask = _read_mask(args.mask, hq) if args.mask else None
@@ -643,8 +645,6 @@ def cmd_demo(args) -> int:
     else:
         hq, mask = load_dataset(args.data, log=lambda m: info(args, m))
         source = args.data
-    if args.mask and not args.input:
-        raise InputError("--mask goes with --input")
     methods, skipped = demo_methods(args.device, args.methods)
     for name, reason in skipped.items():
         info(args, f"note: skipping {name}: {reason}")
