@@ -343,7 +343,8 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _fillModelComboBox(self, method: str, modelPath: str) -> None:
         combo = self.ui.modelComboBox
-        entries = panel.model_entries(method, self._loadedModelPaths)
+        # the parameter node's path too: after a module reload or a scene load it is not in the session list
+        entries = panel.model_entries(method, self._loadedModelPaths + ([modelPath] if modelPath else []))
         self.ui.modelLabel.visible = combo.visible = bool(entries)
         wasBlocked = combo.blockSignals(True)
         try:

@@ -125,8 +125,18 @@ def option_field(option: MethodOption) -> OptionField:
     return f
 
 
+def extra_switches(method: str) -> set:
+    """Boolean options that switch on one of the method's extra maps (e.g. SRep's ``trust_map`` for the
+    ``trust`` map).  The panel's "Also make trust map" box drives them, so the option form omits them."""
+    spec = get_method(method)
+    return {o.name for o in spec.options
+            if o.type is bool and any(extra in o.name for extra in spec.extras)}
+
+
 def option_fields(method: str) -> list:
-    return [option_field(o) for o in get_method(method).options]
+    """The method's options as panel fields, without the extra-map switches."""
+    switches = extra_switches(method)
+    return [option_field(o) for o in get_method(method).options if o.name not in switches]
 
 
 def options_from_fields(method: str, values: dict) -> dict:

@@ -26,6 +26,7 @@ from IQTEnhanceLib.progress import Reporter, as_reporter
 from IQTEnhanceLib.volume import Volume
 
 from . import mrml
+from .panel import extra_switches
 
 BASELINE_METHOD = "trilinear"   # the interpolation every comparison includes
 
@@ -71,10 +72,8 @@ class EnhanceRequest:
         named after them (e.g. ``trust`` / ``make_trust`` / ``trust_map``), if it has any."""
         options = dict(self.options)
         if self.extras:
-            spec = get_method(self.method)
-            for option in spec.options:
-                if option.type is bool and any(extra in option.name for extra in spec.extras):
-                    options.setdefault(option.name, True)
+            for name in extra_switches(self.method):
+                options.setdefault(name, True)
         return options
 
 

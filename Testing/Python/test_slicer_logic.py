@@ -248,3 +248,20 @@ def test_unknown_options_methods_and_missing_models_fail_before_any_work(colin, 
         with pytest.raises((ModelError, InputError)):
             logic.enhance(node, method)
     assert s.GetNumberOfNodes() == 2  # the input and its display node
+
+
+WITH_EXTRAS = [m for m in RUNNABLE if get_method(m).extras]
+
+
+@pytest.mark.parametrize("method", WITH_EXTRAS or
+                         [pytest.param("srep", marks=pytest.mark.skip(reason="no method with extra maps has a model yet"))])
+def test_extra_maps_become_nodes_on_the_output_grid(colin, method):
+    s = scene()
+    node = add_lq_node(s, colin[0], OBLIQUE_RAS)
+    outputs = EnhanceLogic(s).enhance_outputs(node, method, device="cpu", extras=True)
+    (output,) = outputs
+    assert set(output.extra_nodes) == set(get_method(method).extras)
+    for name, extra in output.extra_nodes.items():
+        assert extra.GetName() == f"{output.node.GetName()} {name}"
+        np.testing.assert_allclose(ijk_to_ras(extra), ijk_to_ras(output.node), atol=1e-9)
+        assert np.isfinite(slicer.util.arrayFromVolume(extra)).all()
