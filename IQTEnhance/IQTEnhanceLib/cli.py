@@ -283,7 +283,19 @@ def collect_method_options(args, options, method: str) -> dict:
     return values
 
 
-def _method_epilog(kind: str) -> str:
+def _option_usage(option, taken=()) -> str:
+    """How an option is given on the command line (the generated flag, or -O where the command
+    already uses that flag)."""
+    flag = _flag(option.name)
+    if flag in taken:
+        return f"-O {option.name}=VALUE"
+    if option.type is bool:
+        return f"{flag}/--no-{flag[2:]}"
+    choices = f" {{{','.join(map(str, option.choices))}}}" if option.choices else ""
+    return f"{flag} {option.name.upper()}{choices}"
+
+
+def _method_epilog(kind: str, taken=()) -> str:
     """Help text listing every registered method, whether it is installed, and its options."""
     from .methods import METHOD_MODULES, get_method
     from .models import shipped_models
@@ -306,9 +318,7 @@ def _method_epilog(kind: str) -> str:
             model = " [needs a model: shipped]" if shipped_models(name) else " [needs a model: --model FILE]"
         lines.append(f"  {name:10s} {spec.label}: {spec.description}{model}")
         for option in options:
-            choices = f" {{{','.join(map(str, option.choices))}}}" if option.choices else ""
-            lines.append(f"      {_flag(option.name)} {option.name.upper()}{choices}  {option.help} "
-                         f"(default {option.default})")
+            lines.append(f"      {_option_usage(option, taken)}  {option.help} (default {option.default})")
     lines.append("Method options are flags once --method is given (see `--method NAME --help`), "
                  "or -O NAME=VALUE.")
     return "\n".join(lines)
@@ -389,6 +399,8 @@ def cmd_enhance(args) -> int:
         if "trust" not in spec.extras:
             raise InputError(f"method {args.method} makes no trust map; --trust-map works with "
                              "methods that do (see --help)")
+        if any(o.name == "trust_map" for o in spec.options):  # methods that compute it on request
+            options.setdefault("trust_map", True)
     lq = read_volume(args.lq)
     progress = progress_for(args, spec.label)
     try:
@@ -797,8 +809,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                     "(method, model, factor, axis, device, options, time, warnings). The output covers the "
                     "same physical slabs as the input: its first/last slice centres lie (FACTOR-1)/2 HQ "
                     "voxels inside the input's slab edges.",
-        epilog=_method_epilog("enhance") if want_help and command == "enhance" else
-        "Run with --help to list the methods installed and their options.")
+        epilog="Run with --help to list the methods installed and their options.")
     p.add_argument("lq", metavar="LQ", help="low-quality input volume")
     p.add_argument("out", metavar="OUT", help="enhanced output volume (float32)")
     p.add_argument("--method", required=True, choices=list(METHOD_MODULES), metavar="METHOD",
@@ -811,9 +822,12 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                         "spacing ratio rounded, else 4)")
     p.add_argument("--axis", choices=("auto", "i", "j", "k"), default="auto",
                    help="thick-slice axis; auto = the axis with the largest spacing")
-    p.add_argument("--trust-map", metavar="FILE", help="also write the method's trust map (methods that make one)")
+    p.add_argument("--trust-map", metavar="FILE",
+                   help="also write the method's trust map (methods that make one; sets their trust_map option)")
     p.add_argument("-O", "--option", action="append", metavar="NAME=VALUE",
                    help="a method option (repeatable); the same as the generated flag --NAME VALUE")
+    if want_help and command == "enhance":
+        p.epilog = _method_epilog("enhance", set(p._option_string_actions))  # noqa: SLF001
     _add_method_flags(p, method if command == "enhance" else None, "enhance")
     p.set_defaults(func=cmd_enhance)
 
@@ -843,8 +857,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
         description="Train METHOD on high-quality volumes; the LQ inputs are simulated along the i, j and k axes "
                     "with parameters drawn from the training ranges (SNR 10-40, thickness 0.8-1.2 x factor, "
                     "contrast 0.85-1.15).",
-        epilog=_method_epilog("train") if want_help and command == "train" else
-        "Run with --help to list the trainable methods and their options.")
+        epilog="Run with --help to list the trainable methods and their options.")
     p.add_argument("--method", required=True, choices=list(METHOD_MODULES), metavar="METHOD",
                    help="the method to train")
     p.add_argument("--out", required=True, metavar="FILE", help="model file to write (.iqtm)")
@@ -857,6 +870,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name (default: chosen by the method)")
     p.add_argument("-O", "--option", action="append", metavar="NAME=VALUE",
                    help="a training option (repeatable); the same as the generated flag --NAME VALUE")
+    if want_help and command == "train":
+        p.epilog = _method_epilog("train", set(p._option_string_actions))  # noqa: SLF001
     _add_method_flags(p, method if command == "train" else None, "train")
     p.set_defaults(func=cmd_train)
 

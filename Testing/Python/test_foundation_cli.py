@@ -55,14 +55,15 @@ from IQTEnhanceLib.interpolation import upsample_array
 from IQTEnhanceLib.methods import MethodOption, MethodSpec
 
 
-def enhance(lq, factor, model, device, reporter, gain=1.0, mode="linear", flip=False):
+def enhance(lq, factor, model, device, reporter, gain=1.0, mode="linear", flip=False, trust_map=False):
     out = upsample_array(lq, factor, 0, "trilinear") * np.float32(gain)
-    return out, {"trust": np.full(out.shape, 0.5 if flip else 1.0, np.float32)}
+    return out, ({"trust": np.full(out.shape, 0.5 if flip else 1.0, np.float32)} if trust_map else {})
 
 
 OPTIONS = (MethodOption("gain", float, 1.0, "output gain"),
            MethodOption("mode", str, "linear", "a choice", ("linear", "other")),
-           MethodOption("flip", bool, False, "a switch"))
+           MethodOption("flip", bool, False, "a switch"),
+           MethodOption("trust_map", bool, False, "compute the trust map"))
 def train(pairs, factor, options, reporter, provenance):
     from IQTEnhanceLib.models import ModelFile
 
@@ -129,10 +130,13 @@ def test_method_options_as_flags_and_O(files, fake_methods, capsys):
     assert "--gain GAIN" in out and "output gain" in out
     code, out, _ = run(capsys, "enhance", "x", "y", "--method", "fakeopt", "--help")
     assert code == 0 and "options of fakeopt" in out and "--gain" in out and "--no-flip" in out
+    assert "-O trust_map=VALUE" in out  # its flag name is taken by --trust-map FILE
     code, _, _ = run(capsys, "enhance", d / "lq.nii.gz", d / "g.nii.gz", "--method", "fakeopt", "--gain", "2",
                      "-O", "mode=other", "--flip", "--trust-map", d / "trust.nii.gz", "-q")
     assert code == 0
-    assert json.loads((d / "g.json").read_text())["options"] == {"gain": 2.0, "mode": "other", "flip": True}
+    # --trust-map FILE switches on the method's trust_map option
+    assert json.loads((d / "g.json").read_text())["options"] == {"gain": 2.0, "mode": "other", "flip": True,
+                                                                 "trust_map": True}
     assert float(read_volume(d / "trust.nii.gz").array.max()) == 0.5
     base = run(capsys, "enhance", d / "lq.nii.gz", d / "b.nii.gz", "--method", "fakeopt", "-q")
     assert base[0] == 0
