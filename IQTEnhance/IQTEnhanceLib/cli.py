@@ -725,7 +725,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         if (action.option_strings and "default" not in text
-                and action.default not in (None, False, argparse.SUPPRESS)):
+                and not any(action.default is v for v in (None, False, argparse.SUPPRESS))):
             text += " (default: %(default)s)"
         return text
 
