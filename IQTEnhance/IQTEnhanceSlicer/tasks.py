@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Optional
 
 from IQTEnhanceLib import api
 from IQTEnhanceLib.devices import resolve_device
 from IQTEnhanceLib.errors import InputError
 from IQTEnhanceLib.methods import get_method
-from IQTEnhanceLib.models import default_model_path
 from IQTEnhanceLib.progress import Reporter, as_reporter
 from IQTEnhanceLib.volume import Volume
 
@@ -60,12 +58,9 @@ class EnhanceRequest:
             raise InputError(f"method {self.method} makes no extra maps (such as a trust map)")
         if spec.needs_torch:
             resolve_device(self.device)  # clear error now when CUDA was asked for and is missing
-        if spec.needs_model and self.model is None:
-            default_model_path(self.method)  # ModelError now when no shipped model exists
-        elif not spec.needs_model and self.model is not None:
-            raise InputError(f"method {self.method} takes no model file")
-        if isinstance(self.model, (str, Path)) and not Path(self.model).exists():
-            raise InputError(f"model file {self.model} does not exist")
+        # Load the model here, once: a missing, corrupt or foreign file fails before any thread starts,
+        # and the worker gets the loaded ModelFile instead of reading the file again.
+        self.model = api.resolve_model(self.method, self.model)
 
     def engine_options(self) -> dict:
         """Options passed to the engine.  Asking for extras switches on the method's boolean options

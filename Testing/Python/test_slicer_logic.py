@@ -247,6 +247,13 @@ def test_unknown_options_methods_and_missing_models_fail_before_any_work(colin, 
     for method in missing:
         with pytest.raises((ModelError, InputError)):
             logic.enhance(node, method)
+    garbage = tmp_path / "garbage.iqtm"
+    garbage.write_bytes(b"not a zip file")
+    for method in LEARNED:  # the model is loaded before any thread starts
+        with pytest.raises(ModelError, match="corrupt|not an IQTEnhance"):
+            logic.start_enhance(node, method, model=garbage, device="cpu")
+        with pytest.raises(ModelError, match="no such model file"):
+            logic.start_enhance(node, method, model=tmp_path / "absent.iqtm", device="cpu")
     assert s.GetNumberOfNodes() == 2  # the input and its display node
 
 
