@@ -31,6 +31,7 @@ except ImportError:  # Slicer < 5.4
     def translate(context, text):
         return text
 
+from IQTEnhanceLib.devices import DEVICES
 from IQTEnhanceLib.errors import CancelledError, IQTError
 from IQTEnhanceLib.methods import get_method
 from IQTEnhanceSlicer import deps, panel
@@ -127,7 +128,7 @@ def _makeParameterNodeClass():
         "inputVolume": vtkMRMLScalarVolumeNode,
         "method": Annotated[str, Choice(methods)],
         "modelPath": str,                          # "" = the method's default shipped model
-        "device": Annotated[str, Choice([d.name for d in panel.device_entries()])],
+        "device": Annotated[str, Choice(list(DEVICES))],  # not device_entries(): no torch import at start-up
         "outputVolume": vtkMRMLScalarVolumeNode,   # None = create a new volume
         "trustMap": bool,
         "showResult": bool,

@@ -16,7 +16,9 @@ import keyword
 import math
 from typing import Optional
 
-from IQTEnhanceLib.devices import cuda_available, cuda_unavailable_reason, torch_available
+import importlib.util
+
+from IQTEnhanceLib.devices import cuda_available, cuda_unavailable_reason
 from IQTEnhanceLib.errors import IQTError
 from IQTEnhanceLib.methods import METHOD_MODULES, MethodOption, available_methods, get_method
 from IQTEnhanceLib.models import shipped_models, shipped_models_dir
@@ -38,6 +40,15 @@ class MethodEntry:
     extras: tuple = ()
 
 
+def torch_installed() -> bool:
+    """Without importing torch: the module is imported at Slicer start-up, where `import torch` would
+    cost seconds (IQTEnhanceLib.devices.torch_available imports it)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def method_entries() -> list:
     """Every method of this installation, in registry order (learned methods first in the panel)."""
     entries = []
@@ -47,7 +58,7 @@ def method_entries() -> list:
         ready, reason = True, ""
         if spec.needs_model and not models:
             ready, reason = False, f"no shipped {spec.label} model: load a model file"
-        if spec.needs_torch and not torch_available():
+        if spec.needs_torch and not torch_installed():
             ready, reason = False, "needs PyTorch (installed on first use, after you confirm)"
         entries.append(MethodEntry(name, spec.label, spec.description, spec.needs_model, spec.needs_torch,
                                    ready, reason, tuple(spec.extras)))
