@@ -83,7 +83,7 @@ def resolve_factor_axis(lq: Volume, model: Optional[ModelFile], factor=None, axi
     factor = check_factor(factor)
     slices = lq.array.shape[array_axis(axis)]
     if slices < 2:
-        raise InputError(f"the volume has {slices} slice along {axis}: at least 2 are needed to up-sample "
+        raise InputError(f"the volume has {slices} slice along {axis}, smaller than the 2 needed to up-sample "
                          "between slices (is the thick-slice axis right?)")
     return factor, axis
 

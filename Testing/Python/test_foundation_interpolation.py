@@ -90,7 +90,7 @@ def test_enhance_interpolation_returns_the_hq_grid(colin):
     np.testing.assert_allclose(result.volume.spacing, hq.spacing)
     lq3, _ = simulate(hq, factor=3, axis="k", snr=None)
     assert enhance(lq3, "trilinear").info["factor"] == 3
-    with pytest.raises(InputError, match="at least 2"):
+    with pytest.raises(InputError, match="smaller than the 2"):
         enhance(Volume(np.ones((1, 10, 10), np.float32) + np.arange(10), (1, 1, 4)), "trilinear")
     with pytest.raises(InputError, match="factor"):
         enhance(lq, "trilinear", factor=1)
