@@ -132,10 +132,9 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, env=batch._thread_env(1),
-                           dashboard_address=":0", host="127.0.0.1")
+    cluster = batch.start_local_cluster(2, 1, dashboard=":0")   # as the command starts it
     c = Client(cluster)
     yield c
     c.close()
