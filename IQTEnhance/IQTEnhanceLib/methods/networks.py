@@ -1,0 +1,128 @@
+"""IQT-DL (anisotropic 3-D U-Net) and IQT-DDL (UNet++ + learned HQ dictionary) as methods.
+
+Both work in the canonical frame (thick axis first, intensities / scale) and predict the residual
+over linear interpolation along the thick axis; see :mod:`..nets.architectures` for the networks,
+:mod:`..nets.inference` for the sliding-window inference and :mod:`..nets.training` for training.
+torch is imported only when a network method is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from ..errors import ModelError
+from . import MethodOption, MethodSpec
+
+ENHANCE_OPTIONS = (
+    MethodOption("overlap", float, 0.25, "fraction of a tile shared with each neighbour; tiles are blended "
+                 "with a Gaussian window"),
+    MethodOption("tile_thick", int, 0, "tile depth in LQ slices (0: 12 on the CPU, 16 on CUDA)"),
+    MethodOption("tile_inplane", int, 0, "tile size in-plane in voxels (0: 96 on the CPU, 160 on CUDA)"),
+    MethodOption("batch_size", int, 0, "tiles per batch (0: from the free GPU memory; 2 on the CPU)"),
+)
+
+_COMMON_TRAIN = (
+    MethodOption("minutes", float, 12.0, "wall-clock training budget in minutes (0: no limit, set steps)"),
+    MethodOption("steps", int, 0, "optimiser steps (0: no limit, set minutes); training stops at the first limit"),
+    MethodOption("patch_thick", int, 8, "LQ slices per training patch"),
+    MethodOption("patch_inplane", int, 0, "in-plane training patch size (0: 32 on the CPU, 64 on CUDA)"),
+    MethodOption("batch", int, 0, "patches per step (0: 4 on the CPU, 16 on CUDA)"),
+    MethodOption("base_filters", int, 0, "filters at the finest level, doubling per level (0: 16 on the CPU, "
+                 "32 on CUDA)"),
+    MethodOption("levels", int, 3, "resolution levels (pooling 1×2×2, never along the thick axis)"),
+    MethodOption("lr", float, 1e-3, "Adam learning rate (cosine decay over the budget)"),
+    MethodOption("loss", str, "mse", "voxel-wise loss", ("mse", "l1")),
+    MethodOption("validation_fraction", float, 0.1, "fraction of the brain (cubes) held out for validation"),
+    MethodOption("validation_every", int, 200, "steps between validation losses"),
+    MethodOption("checkpoint_dir", str, "", "folder for training checkpoints (empty: none)"),
+    MethodOption("checkpoint_every", int, 200, "steps between checkpoints"),
+    MethodOption("resume", bool, False, "continue from the checkpoint in checkpoint_dir"),
+    MethodOption("device", str, "auto", "training device", ("auto", "cpu", "cuda")),
+    MethodOption("threads", int, 0, "torch CPU threads (0: torch's default)"),
+    MethodOption("pool_size", int, 4, "simulated LQ volumes kept in memory (one re-drawn every refresh_every steps)"),
+    MethodOption("refresh_every", int, 25, "steps between re-simulations of one pooled volume"),
+    MethodOption("intensity_jitter", float, 0.1, "augmentation: common LQ/HQ intensity scaling ± this fraction"),
+    MethodOption("flips", bool, True, "augmentation: random flips and in-plane transposition"),
+)
+
+_DDL_TRAIN = (
+    MethodOption("atoms", int, 64, "dictionary size K", (64, 128, 256)),
+    MethodOption("atom_size", int, 1, "atoms' in-plane neighbourhood n (atom = factor × n × n HQ voxels)", (1, 3)),
+)
+
+# built networks, reused across calls (loading weights into a fresh network costs ~50 ms, but the
+# Slicer panel enhances volume after volume with the same model)
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _network(model, device: str):
+    from ..nets.serialization import network_from_model
+
+    key = (model.checksum, model.name, device) if model.checksum else None
+    with _CACHE_LOCK:
+        if key is not None and key in _CACHE:
+            return _CACHE[key]
+    net = network_from_model(model, device)
+    if key is not None:
+        with _CACHE_LOCK:
+            _CACHE.clear()   # one model at a time: memory stays bounded
+            _CACHE[key] = net
+    return net
+
+
+def _make_enhance(method: str):
+    def enhance(lq, factor, model, device, reporter, overlap=0.25, tile_thick=0, tile_inplane=0, batch_size=0):
+        from ..nets.inference import sliding_window
+
+        if model is None:
+            raise ModelError(f"{method} needs a trained model")
+        model.check_fits(method=method, factor=factor)
+        reporter(0.0, f"loading {model.name}", force=True)
+        net = _network(model, device)
+        out = sliding_window(net, lq, device=device, tile_thick=tile_thick, tile_inplane=tile_inplane,
+                             overlap=overlap, batch_size=batch_size, reporter=reporter)
+        return out, {}
+
+    return enhance
+
+
+def _make_train(method: str):
+    def train(pairs, factor, options, reporter, provenance):
+        from ..devices import resolve_device
+        from ..nets.serialization import model_from_network
+        from ..nets.training import TrainSettings, train_network
+
+        names = {f.name for f in dataclasses.fields(TrainSettings)}
+        settings = TrainSettings(**{k: v for k, v in options.items() if k in names})
+        device = resolve_device(options.get("device", "auto"))
+        net, arch, record = train_network(method, pairs, settings, reporter, device)
+        params = dict(arch, lq_aspect=float(factor),
+                      training_patch=[record["settings"]["patch_thick"], record["settings"]["patch_inplane"],
+                                      record["settings"]["patch_inplane"]],
+                      output="linear up-sampling along the thick axis + predicted residual")
+        training = dict(provenance, **record)
+        return model_from_network(method, net, f"{method}_x{factor}", params, training)
+
+    return train
+
+
+SPECS = {
+    "dl": MethodSpec(
+        name="dl", label="IQT-DL (U-Net)",
+        description="supervised baseline: anisotropic 3-D U-Net regressing the HQ volume (Lin et al. 2023)",
+        enhance=_make_enhance("dl"), needs_model=True, needs_torch=True, options=ENHANCE_OPTIONS,
+        train=_make_train("dl"), train_options=_COMMON_TRAIN),
+    "ddl": MethodSpec(
+        name="ddl", label="IQT-DDL (deep dictionary)",
+        description="UNet++ predicting per-voxel softmax coefficients over a learned HQ dictionary (SRDD)",
+        enhance=_make_enhance("ddl"), needs_model=True, needs_torch=True, options=ENHANCE_OPTIONS,
+        train=_make_train("ddl"), train_options=_COMMON_TRAIN + _DDL_TRAIN),
+}
+
+
+def dictionary_atoms(model):
+    """The learned HQ dictionary (K × f × n × n float32) of an IQT-DDL model file or network."""
+    from ..nets.serialization import dictionary_atoms as atoms
+
+    return atoms(model)
