@@ -750,6 +750,10 @@ def run_batch(inputs, outdir, method: str, *, model=None, factor=None, axis=None
         raise InputError("give at most one of --scheduler and --cluster")
     if cluster and not cluster_config:
         raise InputError(f"--cluster {cluster} needs --cluster-config FILE (see the README's example)")
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir}: exists and is not a folder")
+    if Path(str(inputs)).expanduser().is_dir() and Path(str(inputs)).expanduser().resolve() == outdir:
+        raise InputError(f"{outdir}: OUTDIR must differ from the input folder (a subfolder of it is fine)")
     rows_in = collect_inputs(inputs, outdir)
     jobs = plan_jobs(rows_in, outdir, method, suffix)
     settings = resolve_settings(method, model=model, factor=factor, axis=axis, device=device, options=options,
@@ -1067,17 +1071,24 @@ def _add_all_method_flags(parser) -> None:
         from .cli import add_method_options
     except ImportError:
         return
-    seen = {}
+    merged = {}   # option name -> (first option, methods having it, types)
     for name in METHOD_MODULES:
         try:
             spec = get_method(name)
         except Exception:  # noqa: BLE001 - a method that cannot load is reported when chosen
             continue
         for option in spec.options:
-            seen.setdefault(option.name, dataclasses.replace(option, choices=None, help=f"[{name}] {option.help}"))
-    if seen:
-        add_method_options(parser, "method options (see `iqt-enhance enhance --method M --help`)",
-                           list(seen.values()), "batch")
+            first, methods, types = merged.setdefault(option.name, (option, [], set()))
+            methods.append(name)
+            types.add(option.type)
+    options = []
+    for first, methods, types in merged.values():
+        # the chosen method's own type and choices are applied by collect_method_options
+        kind = first.type if len(types) == 1 else str
+        options.append(dataclasses.replace(first, type=kind, choices=None, default="the method's",
+                                           help=f"[{', '.join(methods)}] {first.help}"))
+    if options:
+        add_method_options(parser, "method options (see `iqt-enhance enhance --method M --help`)", options, "batch")
 
 
 def cmd_batch(args) -> int:

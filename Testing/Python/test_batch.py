@@ -376,9 +376,10 @@ def test_command_line_runs_on_a_running_scheduler_and_exits_3_on_failures(cohort
 
 @pytest.mark.parametrize("extra, message", [
     (["-O", "no_such_option=1"], "has no option"),
+    (["--stride-inplane", "2"], "has no option(s) stride_inplane"),   # another method's option
     (["--cluster-config", "x.yaml"], "--cluster-config needs --cluster"),
     (["--cluster", "slurm"], "needs --cluster-config"),
-], ids=["unknown-option", "config-without-cluster", "cluster-without-config"])
+], ids=["unknown-option", "other-methods-option", "config-without-cluster", "cluster-without-config"])
 def test_command_line_refuses_bad_arguments_before_starting(cohort, tmp_path, capsys, extra, message):
     folder = Path(cohort["good"][0]["input"]).parent
     code = cli_main(["batch", str(folder), str(tmp_path / "out"), "--method", "trilinear", "-q", *extra])
