@@ -82,7 +82,7 @@ def sample_training_pairs(pairs, factor: int, lq_patch, n_samples: int, per: int
     share[: n_samples - share.sum()] += 1
     rng = np.random.default_rng(pairs.seed)            # the simulation parameters, as in fixed()
     sample_rng = np.random.default_rng([pairs.seed, 1])  # the patch positions
-    xs, ys, params = [], [], []
+    xs, ys, groups, params = [], [], [], []
     for done, ((v, axis), n) in enumerate(zip(jobs, share)):
         reporter(done / len(jobs), f"simulating and sampling realization {done + 1}/{len(jobs)}")
         real = pairs.realize(v, axis, rng)
@@ -91,15 +91,24 @@ def sample_training_pairs(pairs, factor: int, lq_patch, n_samples: int, per: int
             x, y = features.sample_pairs([real], lq_patch, int(n), factor, sample_rng)
             xs.append(x)
             ys.append(y)
+            groups.append(np.full(len(x), done, dtype=np.int32))
     reporter(1.0, "training pairs sampled", force=True)
-    return np.concatenate(xs), np.concatenate(ys), params
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(groups), params
 
 
-def split_validation(n: int, fraction: float, rng: np.random.Generator) -> tuple:
+def split_validation(groups: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple:
+    """(train rows, validation rows): whole realizations are held out when there are several, so
+    that no validation patch shares its noise with (or duplicates) a training patch; with a single
+    realization, a random ``fraction`` of the rows."""
     if not 0.0 < fraction < 0.9:
         raise InputError(f"the validation fraction must be in (0, 0.9) (got {fraction})")
-    order = rng.permutation(n)
-    n_val = max(1, int(round(n * fraction)))
+    labels = np.unique(groups)
+    if len(labels) >= 2:
+        n_val = min(max(1, int(round(len(labels) * fraction))), len(labels) - 1)
+        held = np.isin(groups, rng.permutation(labels)[:n_val])
+        return np.flatnonzero(~held), np.flatnonzero(held)
+    order = rng.permutation(len(groups))
+    n_val = max(1, int(round(len(groups) * fraction)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
@@ -188,10 +197,10 @@ def train_linear(pairs, factor: int, options: dict, reporter, provenance: dict) 
     n_samples = _positive_int(options, "samples", "linear", 10)
     per = _positive_int(options, "realizations", "linear")
     lambdas = parse_lambdas(options["lambdas"])
-    X, Y, sim_params = sample_training_pairs(pairs, factor, lq_patch, n_samples, per,
-                                             reporter.sub(0.0, 0.8, "sampling training pairs"))
+    X, Y, groups, sim_params = sample_training_pairs(pairs, factor, lq_patch, n_samples, per,
+                                                     reporter.sub(0.0, 0.8, "sampling training pairs"))
     reporter(0.8, "choosing the ridge penalty on the validation split", force=True)
-    train_idx, val_idx = split_validation(len(X), float(options["validation"]),
+    train_idx, val_idx = split_validation(groups, float(options["validation"]),
                                           np.random.default_rng([pairs.seed, 2]))
     chosen = fit_ridge(X[train_idx], Y[train_idx], lambdas, X[val_idx], Y[val_idx])
     reporter(0.9, f"refitting on all pairs with lambda {chosen['lambda']:g}", force=True)
@@ -233,10 +242,251 @@ def enhance_linear(lq, factor, model, device, reporter, **options):
     return hq, {}
 
 
+# -- regression forest ------------------------------------------------------------------------------------
+FOREST_KINDS = ("extra", "random")
+
+FOREST_TRAIN_OPTIONS = COMMON_TRAIN_OPTIONS + (
+    MethodOption("lambdas", str, "1e-7,1e-6,1e-5,1e-4,1e-3,1e-2",
+                 "penalties of the ridge regression the forest corrects (relative to the pairs)"),
+    MethodOption("kind", str, "extra", "extra-trees (random thresholds, fast) or random forest (bootstrap, "
+                 "best thresholds)", FOREST_KINDS),
+    MethodOption("trees", int, 16, "number of trees"),
+    MethodOption("max_depth", int, 0, "maximum tree depth (0: grow until min_samples_leaf)"),
+    MethodOption("min_samples_leaf", int, 50, "fewest training pairs in a leaf"),
+    MethodOption("max_features", float, 0.33, "fraction of the features tried at each split"),
+    MethodOption("max_samples", float, 0.5, "fraction of the pairs drawn (with replacement) per tree; "
+                 "random forest only"),
+    MethodOption("feature_components", int, 32, "principal components of the features the trees split on "
+                 "(0: the raw features)"),
+    MethodOption("target_components", int, 16, "principal components of the residual the leaves store"),
+)
+
+
+def _pca(A: np.ndarray, k: int) -> tuple:
+    """(mean, components (k, d)) of the rows of ``A``, from the eigenvectors of the covariance
+    (an SVD of the data took 20× longer here: 11 s vs 0.5 s for 16k × 200)."""
+    mean = A.mean(axis=0, dtype=np.float64)
+    centred = np.asarray(A, dtype=np.float64) - mean
+    values, vectors = np.linalg.eigh(centred.T @ centred)
+    k = min(int(k), len(values))
+    components = vectors[:, ::-1][:, :k].T
+    # a fixed sign per component (eigh's is arbitrary) keeps training reproducible across BLAS builds
+    components *= np.where(components[np.arange(k), np.abs(components).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+    return mean.astype(np.float32), np.ascontiguousarray(components, dtype=np.float32)
+
+
+def export_trees(estimators) -> dict:
+    """Flatten fitted scikit-learn regression trees into arrays evaluated by :func:`predict_trees`.
+
+    Leaves point to themselves (threshold +inf), so a fixed number of descent steps (the depth)
+    needs no per-sample bookkeeping.  Thresholds are rounded *down* to float32: for every float32
+    feature value x, ``x <= threshold`` then decides exactly as scikit-learn's float64 threshold.
+    """
+    lefts, rights, feats, thresholds, leaf_rows, values, roots = [], [], [], [], [], [], []
+    offset = n_leaves = depth = 0
+    for est in estimators:
+        tree = est.tree_
+        n = int(tree.node_count)
+        is_leaf = tree.children_left < 0
+        own = np.arange(n)
+        lefts.append(np.where(is_leaf, own, tree.children_left) + offset)
+        rights.append(np.where(is_leaf, own, tree.children_right) + offset)
+        feats.append(np.where(is_leaf, 0, tree.feature))
+        t64 = np.asarray(tree.threshold, dtype=np.float64)
+        t32 = t64.astype(np.float32)
+        t32 = np.where(t32.astype(np.float64) > t64, np.nextafter(t32, np.float32(-np.inf)), t32)
+        thresholds.append(np.where(is_leaf, np.float32(np.inf), t32).astype(np.float32))
+        rows = np.full(n, -1, dtype=np.int64)
+        rows[is_leaf] = n_leaves + np.arange(int(is_leaf.sum()))
+        leaf_rows.append(rows)
+        values.append(np.asarray(tree.value)[is_leaf].reshape(int(is_leaf.sum()), -1))
+        roots.append(offset)
+        offset += n
+        n_leaves += int(is_leaf.sum())
+        depth = max(depth, int(tree.max_depth))
+    return {
+        "tree_left": np.concatenate(lefts).astype(np.int32),
+        "tree_right": np.concatenate(rights).astype(np.int32),
+        "tree_feature": np.concatenate(feats).astype(np.int32),
+        "tree_threshold": np.concatenate(thresholds),
+        "tree_leaf_row": np.concatenate(leaf_rows).astype(np.int32),
+        "leaf_values": np.concatenate(values).astype(np.float32),
+        "tree_roots": np.asarray(roots, dtype=np.int32),
+        "tree_depth": np.asarray([depth], dtype=np.int32),
+    }
+
+
+def predict_trees(arrays: dict, Z: np.ndarray) -> np.ndarray:
+    """Mean leaf value over the trees for each row of ``Z`` (n, features) -> (n, outputs)."""
+    Z = np.asarray(Z, dtype=np.float32)
+    roots = arrays["tree_roots"]
+    left, right = arrays["tree_left"], arrays["tree_right"]
+    feature, threshold = arrays["tree_feature"], arrays["tree_threshold"]
+    node = np.repeat(roots[None, :], len(Z), axis=0)
+    rows = np.arange(len(Z))[:, None]
+    for _ in range(int(arrays["tree_depth"][0])):
+        go_left = Z[rows, feature[node]] <= threshold[node]
+        node = np.where(go_left, left[node], right[node])
+    return arrays["leaf_values"][arrays["tree_leaf_row"][node]].mean(axis=1)
+
+
+FOREST_ARRAYS = ("W", "b", "feature_mean", "feature_components", "target_mean", "target_components",
+                 "tree_left", "tree_right", "tree_feature", "tree_threshold", "tree_leaf_row", "leaf_values",
+                 "tree_roots", "tree_depth")
+
+
+class ForestPredictor:
+    """Residual patch = ridge(x) + forest correction, from a forest model's arrays."""
+
+    def __init__(self, arrays: dict):
+        self.a = {k: np.asarray(arrays[k]) for k in FOREST_ARRAYS}
+        self.W = self.a["W"].astype(np.float32)
+        self.b = self.a["b"].astype(np.float32)
+
+    def project(self, X: np.ndarray) -> np.ndarray:
+        if self.a["feature_components"].size == 0:
+            return X
+        return (X - self.a["feature_mean"]) @ self.a["feature_components"].T
+
+    def correction(self, X: np.ndarray) -> np.ndarray:
+        coefs = predict_trees(self.a, self.project(X))
+        return coefs @ self.a["target_components"] + self.a["target_mean"]
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.W + self.b + self.correction(X)
+
+
+def _forest_estimator(options: dict, seed: int):
+    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+
+    kind = options["kind"]
+    if kind not in FOREST_KINDS:
+        raise InputError(f"option kind of forest is one of {', '.join(FOREST_KINDS)} (got {kind!r})")
+    max_features = float(options["max_features"])
+    if not 0.0 < max_features <= 1.0:
+        raise InputError(f"option max_features of forest must be in (0, 1] (got {max_features})")
+    depth = int(options["max_depth"])
+    if depth < 0:
+        raise InputError(f"option max_depth of forest must be >= 0 (got {depth})")
+    common = dict(n_estimators=_positive_int(options, "trees", "forest"),
+                  min_samples_leaf=_positive_int(options, "min_samples_leaf", "forest"),
+                  max_depth=depth or None, max_features=max_features, random_state=seed, n_jobs=1)
+    if kind == "random":
+        fraction = float(options["max_samples"])
+        if not 0.0 < fraction <= 1.0:
+            raise InputError(f"option max_samples of forest must be in (0, 1] (got {fraction})")
+        return RandomForestRegressor(bootstrap=True, max_samples=fraction, **common)
+    return ExtraTreesRegressor(bootstrap=False, **common)
+
+
+def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) -> ModelFile:
+    """A ridge regression, then a forest on what the ridge misses (its residual, PCA-reduced).
+
+    Measured on Colin27 (×4 along k, SNR 20; trained on ICBM 2009c T1 at SNR 20 along k, 150k
+    pairs): ridge 0.0596 NRMSE; a forest alone on the HQ residual (16 extra-trees, leaf 50) 0.0720
+    (piecewise-constant leaves approximate the mostly linear map poorly); the forest on the ridge's
+    residual 0.0589 (extra-trees) / 0.0587 (random forest, 5× slower to train).  Splitting on 32
+    principal components of the features instead of the 200 raw ones: same score, 5× faster.
+    """
+    started = time.perf_counter()
+    lq_patch = lq_patch_of(options, "forest")
+    n_samples = _positive_int(options, "samples", "forest", 10)
+    per = _positive_int(options, "realizations", "forest")
+    lambdas = parse_lambdas(options["lambdas"])
+    n_feat = int(options["feature_components"])
+    n_targ = _positive_int(options, "target_components", "forest")
+    if n_feat < 0:
+        raise InputError(f"option feature_components of forest must be >= 0 (got {n_feat})")
+    estimator = _forest_estimator(options, pairs.seed)
+    X, Y, groups, sim_params = sample_training_pairs(pairs, factor, lq_patch, n_samples, per,
+                                                     reporter.sub(0.0, 0.3, "sampling training pairs"))
+    train_idx, val_idx = split_validation(groups, float(options["validation"]),
+                                          np.random.default_rng([pairs.seed, 2]))
+    reporter(0.3, "ridge regression", force=True)
+    ridge = fit_ridge(X[train_idx], Y[train_idx], lambdas, X[val_idx], Y[val_idx])
+    W, b = ridge["W"].astype(np.float32), ridge["b"].astype(np.float32)
+    residual = Y - (X @ W + b)
+    f_mean, f_comp = (_pca(X[train_idx], n_feat) if n_feat else
+                      (np.zeros(0, np.float32), np.zeros((0, X.shape[1]), np.float32)))
+    t_mean, t_comp = _pca(residual[train_idx], n_targ)
+    Z = (X - f_mean) @ f_comp.T if n_feat else X
+    T = (residual - t_mean) @ t_comp.T
+    reporter(0.35, f"growing {estimator.n_estimators} trees on {len(train_idx)} pairs", force=True)
+    estimator.fit(Z[train_idx], T[train_idx])
+    reporter.check_cancel()
+    arrays = {"W": W, "b": b, "feature_mean": f_mean, "feature_components": f_comp,
+              "target_mean": t_mean, "target_components": t_comp}
+    arrays.update(export_trees(estimator.estimators_))
+    predictor = ForestPredictor(arrays)
+    reporter(0.95, "validating", force=True)
+    Xv, Yv = X[val_idx], Y[val_idx]
+    val_forest = float(np.sqrt(np.mean((predictor(Xv) - Yv) ** 2)))
+    val_ridge = ridge["val_rmse"][lambdas.index(ridge["lambda"])]
+    reporter(1.0, "done", force=True)
+    hq_patch = (lq_patch[0] * factor,) + lq_patch[1:]
+    params = {
+        "lq_patch": list(lq_patch), "hq_patch": list(hq_patch), "lq_aspect": float(factor),
+        "feature": FEATURE, "target": TARGET, "features": int(X.shape[1]), "outputs": int(Y.shape[1]),
+        "model": "ridge regression + forest on the ridge's residual",
+        "lambda": ridge["lambda"], "lambda_is_relative_to_pairs": True, "lambdas_tried": lambdas,
+        "ridge_validation_rmse": ridge["val_rmse"],
+        "kind": options["kind"], "trees": int(estimator.n_estimators), "max_depth": int(options["max_depth"]),
+        "min_samples_leaf": int(options["min_samples_leaf"]), "max_features": float(options["max_features"]),
+        "max_samples": float(options["max_samples"]) if options["kind"] == "random" else None,
+        "feature_components": int(f_comp.shape[0]), "target_components": int(t_comp.shape[0]),
+        "nodes": int(len(arrays["tree_left"])), "leaves": int(len(arrays["leaf_values"])),
+        "depth": int(arrays["tree_depth"][0]),
+        "validation_fraction": float(options["validation"]),
+        "validation_rmse_trilinear": ridge["val_rmse_zero"], "validation_rmse_ridge": val_ridge,
+        "validation_rmse": val_forest,
+    }
+    training = dict(provenance)
+    training.update({
+        "pairs": int(len(X)), "pairs_for_trees_and_ridge": int(len(train_idx)),
+        "realizations_per_volume_axis": per, "realization_parameters": sim_params,
+        "trainer": f"scikit-learn {_sklearn_version()} {type(estimator).__name__}",
+        "train_seconds": round(time.perf_counter() - started, 2),
+    })
+    return ModelFile(method="forest", name=_model_name("forest", factor), factor=int(factor), params=params,
+                     arrays=arrays, training=training)
+
+
+def _sklearn_version() -> str:
+    import sklearn
+
+    return sklearn.__version__
+
+
+def enhance_forest(lq, factor, model, device, reporter, **options):
+    lq_patch, hq_patch = check_model(model, "forest", factor)
+    where = f"{model.path.name}: " if model.path else ""
+    missing = [k for k in FOREST_ARRAYS if k not in model.arrays]
+    if missing:
+        raise ModelError(f"{where}the forest model lacks {', '.join(missing)}; the file is not a valid forest model")
+    predictor = ForestPredictor(model.arrays)
+    d = int(np.prod(hq_patch))
+    a = predictor.a
+    n_feat = a["feature_components"].shape[0] if a["feature_components"].size else d
+    if (predictor.W.shape != (d, d) or a["target_components"].shape[1:] != (d,)
+            or a["leaf_values"].shape[1:] != a["target_components"].shape[:1]
+            or int(a["tree_feature"].max(initial=0)) >= n_feat):
+        raise ModelError(f"{where}the forest's arrays do not match the model's {hq_patch} patch; "
+                         "the file is not a valid forest model")
+    _check_fits_volume(lq, lq_patch)
+    hq, _ = features.enhance_residual(lq, factor, lq_patch, _strides(options, "forest"), predictor,
+                                      reporter=reporter, batch_size=_positive_int(options, "batch_size", "forest"))
+    return hq, {}
+
+
 SPECS = {
     "linear": MethodSpec(
         name="linear", label="Linear regression (IQT)",
         description="classic IQT: ridge regression from the interpolated LQ patch to the HQ residual patch",
         enhance=enhance_linear, needs_model=True, options=ENHANCE_OPTIONS,
         train=train_linear, train_options=LINEAR_TRAIN_OPTIONS),
+    "forest": MethodSpec(
+        name="forest", label="Regression forest (IQT)",
+        description="classic IQT: ridge regression plus a regression forest that corrects its residual patch",
+        enhance=enhance_forest, needs_model=True, options=ENHANCE_OPTIONS,
+        train=train_forest, train_options=FOREST_TRAIN_OPTIONS),
 }
