@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .errors import CancelledError, InputError, ModelError
 from .grid import crop_to_whole_slabs
 from .metrics import evaluate_arrays
 from .normalize import intensity_scale
@@ -502,6 +502,7 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
     log(f"training mean intensity (normalised units): {mu_train:.4f}")
 
     records = []           # one per case × seed × method
+    failures = []          # method runs that raised
     lesion_tables = []     # per-lesion rows
     figure_data = {}       # case -> slices for the figures (first seed)
     case_info = {}
@@ -542,15 +543,24 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
             for run in runs:
                 reporter(done / max(total, 1), f"{case.name} (seed {seed}): {run.name}")
                 t0 = time.perf_counter()
-                result = api.enhance(data.lq, run.name, model=run.model, axis=config.axis,
-                                     factor=config.factor if run.model is None else None,
-                                     device=config.device, progress=reporter.sub(
-                                         done / max(total, 1), (done + 1) / max(total, 1),
-                                         f"{case.name}: {run.name}"), **run.options)
+                try:
+                    result = api.enhance(data.lq, run.name, model=run.model, axis=config.axis,
+                                         factor=config.factor if run.model is None else None,
+                                         device=config.device, progress=reporter.sub(
+                                             done / max(total, 1), (done + 1) / max(total, 1),
+                                             f"{case.name}: {run.name}"), **run.options)
+                    if result.volume.array.shape != truth.shape:
+                        raise RuntimeError(f"returned {result.volume.array.shape} for a {truth.shape} reference")
+                except CancelledError:
+                    raise
+                except Exception as exc:  # one broken method must not sink a 30-minute study: report it
+                    failures.append({"case": case.name, "seed": seed, "method": run.name,
+                                     "error": f"{type(exc).__name__}: {exc}"})
+                    log(f"  {case.name:22s} seed {seed} {run.name:10s} FAILED: {type(exc).__name__}: {exc}")
+                    done += 1
+                    continue
                 seconds = time.perf_counter() - t0
                 output = result.volume.array
-                if output.shape != truth.shape:
-                    raise RuntimeError(f"{run.name} returned {output.shape} for a {truth.shape} reference")
                 if keep_twin:
                     twin_outputs[case.name][run.name] = output
                 if not reported:
@@ -589,7 +599,7 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
                     for r in runs],
         "missing": missing,
         "cases": [dict(name=c.name, **case_info[c.name]) for c in config.cases],
-        "records": records, "lesions": lesion_tables,
+        "records": records, "lesions": lesion_tables, "failures": failures,
         "seconds": time.perf_counter() - started,
         "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}",
     }
@@ -768,6 +778,10 @@ def render_report(results: dict) -> str:
         L.append("\nNot evaluated (missing):\n")
         for name, why in results["missing"].items():
             L.append(f"- `{name}`: {why}")
+    if results.get("failures"):
+        L.append("\n**Failed runs** (left out of every table):\n")
+        for f in results["failures"]:
+            L.append(f"- `{f['method']}` on `{f['case']}` (seed {f['seed']}): {f['error']}")
     L.append("\nCases:\n")
     rows = []
     for c in cases:

@@ -168,6 +168,7 @@ def test_benchmark_smoke_run_reports_every_method_and_case(tmp_path):
     config = study.StudyConfig(out_dir=out, cases=study.fixture_cases(), fixtures=True)
     results = study.run_study(config, log=lambda *a: None)
     report = (out / "README.md").read_text()
+    assert results["failures"] == []
     methods = [m["name"] for m in results["methods"]]
     cases = [c.name for c in study.fixture_cases()]
     assert {"nearest", "trilinear", "bspline"} <= set(methods)
