@@ -711,6 +711,30 @@ def _dashboard(client) -> str:
     return link
 
 
+def _recovered_row(job: BatchJob, settings: dict) -> Optional[dict]:
+    """A task whose worker died *after* it wrote the volume and its sidecar (the result never came
+    back): done after all, when the sidecar's provenance matches this run's."""
+    from .models import file_checksum
+
+    recorded = _read_sidecar(Path(job.sidecar))
+    if recorded is None or not Path(job.output).is_file():
+        return None
+    try:
+        model_sha = job.model_sha256 if job.model else settings.get("model_sha256")
+        key = provenance_key(file_checksum(job.input), settings, model_sha)
+    except OSError:
+        return None
+    if recorded.get("provenance") != key:
+        return None
+    row = _killed_row(job, settings, RuntimeError(""))
+    metrics = recorded.get("metrics") or {}
+    row.update(status=DONE, error="", output=job.output, device=recorded.get("device"),
+               seconds=recorded.get("seconds"), worker=recorded.get("worker"),
+               warnings="its worker died after writing it; the output and its sidecar are complete",
+               **{k: metrics.get(k) for k in ("nrmse", "psnr", "ssim")})
+    return row
+
+
 def _killed_row(job: BatchJob, settings: dict, exc: BaseException) -> dict:
     from distributed.scheduler import KilledWorker
 
@@ -931,7 +955,7 @@ def _run_tasks(client, jobs: list, settings: dict, progress, cancel) -> list:
                 try:
                     row = future.result()
                 except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connection: reported, not raised
-                    row = _killed_row(jobs[index], settings, exc)
+                    row = _recovered_row(jobs[index], settings) or _killed_row(jobs[index], settings, exc)
                 rows[index] = row
                 counts[row["status"]] += 1
                 done = sum(counts.values())
