@@ -20,6 +20,16 @@ from IQTEnhanceLib.nets.serialization import (WEIGHTS_MEMBER, architecture_param
 from IQTEnhanceLib.volume import Volume  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The networks here are small: one thread is as fast as two, and on a loaded 2-core machine two
+    threads thrash (measured under load 8: the DL overfit test took 171 s with 2 threads, 20 s with 1)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def random_network(method, factor=4, base=4, levels=2, atoms=64, atom_size=1, seed=0):
     """A small network with every weight random (the zero-initialised heads made non-zero), so that
     its output differs clearly from linear interpolation."""
@@ -144,10 +154,16 @@ def test_overlapping_tiles_approach_the_whole_volume_result(rng):
     assert error[0.5] < 0.3 and error[0.5] < 0.6 * error[0.0]
 
 
-def test_tile_resolution_for_small_volumes():
-    assert resolve_tile((3, 5, 7), 0, 0, 4, "cpu") == (3, 8, 8)
-    assert resolve_tile((40, 200, 180), 0, 0, 4, "cpu") == (12, 96, 96)
-    assert resolve_tile((40, 200, 180), 10, 30, 4, "cpu") == (10, 32, 32)
+def test_tiles_fit_the_volume():
+    assert resolve_tile((3, 5, 7), 0, 0, 4, "cpu")[0] == (3, 8, 8)          # padded to one tile
+    for shape, wanted in [((40, 200, 180), (0, 0)), ((45, 217, 181), (0, 0)), ((23, 101, 77), (10, 30))]:
+        tile, stride = resolve_tile(shape, *wanted, 4, "cpu", overlap=0.25)
+        limit = (wanted[0] or 12, wanted[1] or 96, wanted[1] or 96)
+        assert all(t <= m for t, m in zip(tile, limit)) and tile[1] % 4 == 0 and tile[2] % 4 == 0
+        for size, t, st in zip(shape, tile, stride):
+            n = (size - t + st - 1) // st + 1                      # tiles along the axis
+            assert (n - 1) * st + t >= size                        # every voxel covered
+            assert t - st >= 0.25 * t - 1 or n == 1                # neighbours overlap by ~25%
 
 
 def test_cancel_stops_inference(models, rng):

@@ -31,6 +31,7 @@ _COMMON_TRAIN = (
                  "32 on CUDA)"),
     MethodOption("levels", int, 3, "resolution levels (pooling 1×2×2, never along the thick axis)"),
     MethodOption("lr", float, 1e-3, "Adam learning rate (cosine decay over the budget)"),
+    MethodOption("clip", float, 1.0, "gradient-norm clipping (0: none)"),
     MethodOption("loss", str, "mse", "voxel-wise loss", ("mse", "l1")),
     MethodOption("validation_fraction", float, 0.1, "fraction of the brain (cubes) held out for validation"),
     MethodOption("validation_every", int, 200, "steps between validation losses"),

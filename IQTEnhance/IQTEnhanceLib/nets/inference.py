@@ -26,16 +26,33 @@ CPU_TILE = (12, 96, 96)
 CUDA_TILE = (16, 160, 160)
 
 
-def resolve_tile(lq_shape, tile_thick: int, tile_inplane: int, multiple: int, device: str) -> tuple:
-    """The tile actually used: the requested (or default) size, shrunk to the volume (rounded up to
-    the in-plane ``multiple`` the network needs)."""
+def plan_axis(size: int, max_tile: int, overlap: float, multiple: int = 1) -> tuple:
+    """(tile, stride) along one axis: the fewest tiles of at most ``max_tile`` voxels that overlap by
+    at least ``overlap``, made as small as that allows (rounded up to ``multiple``).  Shrinking the
+    tiles to fit the volume wastes less work than fixed tiles plus a last tile flush with the end:
+    Colin27 at ×4 (45×217×181 LQ voxels), tiles ≤ 12×96×96, overlap 0.25: 3.6 M tile voxels instead
+    of 5.0 M (the volume has 1.8 M)."""
+    size, max_tile = int(size), max(int(max_tile), multiple)
+    max_tile = max_tile // multiple * multiple
+    if size <= max_tile:
+        tile = int(math.ceil(size / multiple) * multiple)
+        return tile, tile
+    n = int(math.ceil((size - max_tile) / max(max_tile * (1.0 - overlap), 1.0))) + 1
+    tile = int(math.ceil(size / (n - (n - 1) * overlap)))
+    tile = min(max_tile, int(math.ceil(tile / multiple) * multiple))
+    stride = max(1, int(math.ceil((size - tile) / (n - 1))))
+    return tile, stride
+
+
+def resolve_tile(lq_shape, tile_thick: int, tile_inplane: int, multiple: int, device: str,
+                 overlap: float = 0.25) -> tuple:
+    """(tile, stride) actually used: tiles of at most the requested (or default) size, fitted to the
+    volume; in-plane sizes are multiples of what the network's pooling needs."""
     default = CUDA_TILE if device == "cuda" else CPU_TILE
     wanted = (tile_thick or default[0], tile_inplane or default[1], tile_inplane or default[2])
-    tile = [max(1, min(int(wanted[0]), int(lq_shape[0])))]
-    for size, w in zip(lq_shape[1:], wanted[1:]):
-        w = max(multiple, int(math.ceil(int(w) / multiple)) * multiple)
-        tile.append(min(w, int(math.ceil(size / multiple)) * multiple))
-    return tuple(tile)
+    plans = [plan_axis(s, w, overlap, 1 if axis == 0 else multiple)
+             for axis, (s, w) in enumerate(zip(lq_shape, wanted))]
+    return tuple(p[0] for p in plans), tuple(p[1] for p in plans)
 
 
 def _pad_to(array: np.ndarray, shape) -> np.ndarray:
@@ -81,10 +98,9 @@ def sliding_window(net, lq_c: np.ndarray, *, device: str = "cpu", tile_thick: in
         raise InputError(f"overlap must be in [0, 1) (got {overlap})")
     lq_c = np.asarray(lq_c, dtype=np.float32)
     f = int(net.factor)
-    tile = resolve_tile(lq_c.shape, tile_thick, tile_inplane, net.multiple, device)
+    tile, stride = resolve_tile(lq_c.shape, tile_thick, tile_inplane, net.multiple, device, overlap)
     padded = _pad_to(lq_c, tile)
     hq_tile = (tile[0] * f, tile[1], tile[2])
-    stride = tuple(max(1, int(round(t * (1.0 - overlap)))) for t in tile)
     positions = patch_positions(padded.shape, tile, stride)
     window = gaussian_window(hq_tile)
     acc = PatchAccumulator((padded.shape[0] * f,) + padded.shape[1:])
