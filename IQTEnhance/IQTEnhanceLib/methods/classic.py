@@ -30,6 +30,7 @@ from . import MethodOption, MethodSpec
 
 FEATURE = "mean-removed trilinear patch (features.py)"
 TARGET = "HQ patch minus trilinear patch"
+TARGET_OFFSETS = " (minus its mean over each simulated realization)"
 
 
 # -- options -------------------------------------------------------------------------------------------
@@ -156,12 +157,28 @@ def parse_lambdas(text) -> list:
     return sorted(set(values))
 
 
-def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas, X_val=None, Y_val=None) -> dict:
+def remove_realization_offsets(Y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Targets minus their mean over each realization.
+
+    A realization's random contrast change and the LQ-based intensity scale shift the whole HQ
+    target relative to the LQ by a constant that mean-removed features cannot predict.  Left in,
+    it is learned as an intercept added to every voxel, background included: measured on Colin27
+    (linear, 4 realizations per axis) a +3.5% intensity bias and NRMSE 0.0695 instead of 0.0603.
+    """
+    Y = np.array(Y, dtype=np.float32, copy=True)
+    for g in np.unique(groups):
+        rows = groups == g
+        Y[rows] -= Y[rows].mean(axis=0, dtype=np.float64).mean().astype(np.float32)
+    return Y
+
+
+def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas, X_val=None, Y_val=None, intercept: bool = True) -> dict:
     """Ridge regression ``Y ≈ X W + b`` in closed form for every relative penalty in ``lambdas``.
 
     The penalty on ``W`` is ``lambda × n`` (n = rows of ``X``) so that a relative lambda means the
     same at any sample count.  With a validation set, the lambda with the lowest validation RMSE is
     chosen (else the first).  One eigen-decomposition of the centred Gram matrix serves every lambda.
+    ``intercept=False`` fits ``b = 0`` (a flat patch, whose features are all 0, gets no residual).
     Returns ``{"W", "b", "lambda", "val_rmse" (per lambda), "val_rmse_zero"}`` (float64).
     """
     X = np.asarray(X, dtype=np.float64)
@@ -169,7 +186,10 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas, X_val=None, Y_val=None) -> 
     n = len(X)
     if n < 2 or X.ndim != 2 or Y.ndim != 2 or len(Y) != n:
         raise InputError(f"ridge regression needs matching 2-D X, Y with >= 2 rows (got {X.shape}, {Y.shape})")
-    mx, my = X.mean(axis=0), Y.mean(axis=0)
+    if intercept:
+        mx, my = X.mean(axis=0), Y.mean(axis=0)
+    else:
+        mx, my = np.zeros(X.shape[1]), np.zeros(Y.shape[1])
     Xc = X - mx
     s, Q = np.linalg.eigh(Xc.T @ Xc)
     s = np.maximum(s, 0.0)
@@ -200,16 +220,18 @@ def train_linear(pairs, factor: int, options: dict, reporter, provenance: dict) 
     X, Y, groups, sim_params = sample_training_pairs(pairs, factor, lq_patch, n_samples, per,
                                                      reporter.sub(0.0, 0.8, "sampling training pairs"))
     reporter(0.8, "choosing the ridge penalty on the validation split", force=True)
+    Y = remove_realization_offsets(Y, groups)
     train_idx, val_idx = split_validation(groups, float(options["validation"]),
                                           np.random.default_rng([pairs.seed, 2]))
-    chosen = fit_ridge(X[train_idx], Y[train_idx], lambdas, X[val_idx], Y[val_idx])
+    chosen = fit_ridge(X[train_idx], Y[train_idx], lambdas, X[val_idx], Y[val_idx], intercept=False)
     reporter(0.9, f"refitting on all pairs with lambda {chosen['lambda']:g}", force=True)
-    final = fit_ridge(X, Y, [chosen["lambda"]])  # the chosen penalty, on every pair
+    final = fit_ridge(X, Y, [chosen["lambda"]], intercept=False)  # the chosen penalty, on every pair
     reporter(1.0, "done", force=True)
     hq_patch = (lq_patch[0] * factor,) + lq_patch[1:]
     params = {
         "lq_patch": list(lq_patch), "hq_patch": list(hq_patch), "lq_aspect": float(factor),
-        "feature": FEATURE, "target": TARGET, "features": int(X.shape[1]), "outputs": int(Y.shape[1]),
+        "feature": FEATURE, "target": TARGET + TARGET_OFFSETS, "intercept": False,
+        "features": int(X.shape[1]), "outputs": int(Y.shape[1]),
         "lambda": chosen["lambda"], "lambda_is_relative_to_pairs": True,
         "lambdas_tried": lambdas, "validation_rmse": chosen["val_rmse"],
         "validation_rmse_trilinear": chosen["val_rmse_zero"],
@@ -403,7 +425,8 @@ def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) 
     train_idx, val_idx = split_validation(groups, float(options["validation"]),
                                           np.random.default_rng([pairs.seed, 2]))
     reporter(0.3, "ridge regression", force=True)
-    ridge = fit_ridge(X[train_idx], Y[train_idx], lambdas, X[val_idx], Y[val_idx])
+    Y = remove_realization_offsets(Y, groups)
+    ridge = fit_ridge(X[train_idx], Y[train_idx], lambdas, X[val_idx], Y[val_idx], intercept=False)
     W, b = ridge["W"].astype(np.float32), ridge["b"].astype(np.float32)
     residual = Y - (X @ W + b)
     f_mean, f_comp = (_pca(X[train_idx], n_feat) if n_feat else
@@ -426,8 +449,8 @@ def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) 
     hq_patch = (lq_patch[0] * factor,) + lq_patch[1:]
     params = {
         "lq_patch": list(lq_patch), "hq_patch": list(hq_patch), "lq_aspect": float(factor),
-        "feature": FEATURE, "target": TARGET, "features": int(X.shape[1]), "outputs": int(Y.shape[1]),
-        "model": "ridge regression + forest on the ridge's residual",
+        "feature": FEATURE, "target": TARGET + TARGET_OFFSETS, "features": int(X.shape[1]),
+        "outputs": int(Y.shape[1]), "model": "ridge regression (no intercept) + forest on the ridge's residual",
         "lambda": ridge["lambda"], "lambda_is_relative_to_pairs": True, "lambdas_tried": lambdas,
         "ridge_validation_rmse": ridge["val_rmse"],
         "kind": options["kind"], "trees": int(estimator.n_estimators), "max_depth": int(options["max_depth"]),
