@@ -418,8 +418,8 @@ def _process(job: dict, settings: dict, row: dict) -> None:
             metrics, basis = _metrics(result.volume, job)
             row.update(metrics)
             record.update(metrics=metrics, metrics_for=basis)
-        except IQTError as exc:
-            row["error"] = f"metrics not computed: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the volume is done; only its metrics are missing
+            row["error"] = f"metrics not computed: {exc if isinstance(exc, IQTError) else repr(exc)}"
     _write_json_atomic(sidecar, record)
     row["status"] = DONE
 
