@@ -1,19 +1,24 @@
 """Training IQT-DL and IQT-DDL: stochastic LQ simulation on the fly, augmentation, a spatially held-out
 validation set, checkpoints and resume.
 
-Data (:class:`SimulationPool`): a small pool of *noise-free* simulated LQ volumes (random thick axis,
-slice thickness and low-field contrast drawn from the training pairs' ranges, :mod:`..training`),
-one of them re-drawn every ``refresh_every`` steps, and **fresh Rician noise for every patch** with
-the noise level of its realization.  Simulating a whole 193×229×193 brain costs 6-8 s on 2 cores,
-almost all of it the tissue-class k-means of the contrast model (measured: k-means 6.9 s, blur +
-down-sampling + noise 0.4 s), so the tissue memberships are computed once per HQ volume and reused:
-a realization then costs ~0.5 s and the simulator's parameter space is still sampled continuously.
-The arithmetic is the simulator's own (:func:`..simulate.degrade_array`; contrast = membership-
-weighted factors), so the network sees what :func:`..training.TrainingPairs.realize` would give.
+Data (:class:`SimulationPool`): a small pool of simulated LQ volumes (random thick axis and slice
+thickness, :mod:`..training`'s ranges), one of them re-drawn every ``refresh_every`` steps, kept
+*before* contrast and noise: blur and down-sampling are linear, so the LQ of HQ·(Σ_c f_c p_c) is
+Σ_c f_c blur(HQ·p_c) with p_c the tissue memberships of the simulator's contrast model.  Every
+patch then gets its **own contrast draw, SNR draw and Rician noise** at no cost, with the arithmetic
+of :func:`..simulate.degrade_array` and the intensity scale of the whole noisy LQ volume
+(estimated on 100k voxels), as :func:`..training.TrainingPairs.realize` would give.
+
+Why per patch: with one contrast draw per pooled volume, the first full-brain trainings chased
+the contrast of the volumes in the pool.  At ±15% per tissue class, 36-44% of the interpolation's
+error on validation patches is a per-patch intensity offset from the contrast draw; the validation
+loss swung between 0.54× and 1.04× the interpolation's, and the weights of the best validation
+step were 1.5× worse than interpolation on contrast-free data.  The tissue memberships (a k-means
+costing 6.9 s of the 7.3 s a whole-brain simulation takes on 2 cores) are computed once per volume.
 
 Validation: cubes of the HQ volumes (``validation_fraction`` of the brain cubes, fixed by the seed)
-are held out along every axis: no training patch overlaps them, and one fixed noisy realization
-per volume and axis gives the validation patches.  The validation loss is reported beside the
+are held out along every axis: no training patch overlaps them, and one fixed realization per
+volume and axis, with two fixed contrast/noise draws per cube, gives the validation patches.  The validation loss is reported beside the
 linear interpolation's loss on the same patches (ratio < 1: the network beats interpolation).
 
 Augmentation: flips along each axis (a thick-axis flip keeps LQ slabs and HQ sub-slices aligned),
@@ -90,17 +95,31 @@ class TrainSettings:
 
 @dataclasses.dataclass
 class CleanRealization:
-    lq: np.ndarray            # [M, a, b] noise-free LQ / scale
-    hq: np.ndarray            # [M*f, a, b] HQ / scale
-    sigma: float              # noise σ / scale
+    """One slice-thickness draw along one axis, noise- and contrast-free: the blurred, down-sampled
+    HQ·p_c for each tissue class c (canonical frame, unnormalised).  Since blur and down-sampling
+    are linear, the LQ of any contrast draw (f_c) is Σ_c f_c · components[c]: contrast and noise are
+    drawn per patch at no cost."""
+
+    components: np.ndarray    # [C, M, a, b] float32
+    means: np.ndarray         # [C] mean of each component in the LQ brain mask (noise level)
+    sample: np.ndarray        # [C, n] component values at random voxels (intensity scale)
+    hq: np.ndarray            # [M*f, a, b] float32, unnormalised
     corners: np.ndarray       # flat indices of allowed training-patch corners
     valid_shape: tuple        # shape of the corner grid
     axis: str
     params: dict
 
 
+@dataclasses.dataclass
+class Draw:
+    contrast: np.ndarray      # [C] factors (C = 1: no contrast change)
+    snr: Optional[float]
+
+
 class SimulationPool:
-    """Noise-free simulated LQ volumes + their noise level; patches get fresh noise when drawn."""
+    """Contrast- and noise-free simulated LQ volumes; patches get their own contrast and noise draw."""
+
+    SCALE_SAMPLE = 100_000    # voxels for the intensity scale (p99 of 100k voxels: within ~0.5%)
 
     def __init__(self, pairs, patch: tuple, validation_fraction: float, seed: int, reporter=None):
         self.pairs = pairs
@@ -109,6 +128,10 @@ class SimulationPool:
         self.hq_patch = (self.patch[0] * self.factor,) + self.patch[1:]
         self._memberships = {}
         self.reporter = reporter
+        sim = pairs.simulation
+        self.stochastic = isinstance(sim, ParameterRanges)
+        self.contrast_varies = (not self.stochastic and any(abs(c - 1.0) > 1e-12 for c in sim.contrast)) or (
+            self.stochastic and tuple(sim.contrast) != (1.0, 1.0))
         self.val_cubes = [self._validation_cubes(v, validation_fraction, seed) for v in range(len(pairs.hq))]
         self.val_masks = [self._validation_mask(v) for v in range(len(pairs.hq))]
 
@@ -122,13 +145,22 @@ class SimulationPool:
 
     def _parameters(self, axis: str, rng: np.random.Generator):
         sim = self.pairs.simulation
-        if isinstance(sim, ParameterRanges):
+        if self.stochastic:
             return sample_parameters(self.factor, axis, rng, sim)
         return dataclasses.replace(sim, factor=self.factor, axis=axis,
                                    seed=int(rng.integers(0, 2**31 - 1))).validate()
 
-    def simulate(self, v: int, axis: str, rng: np.random.Generator):
-        """(noisy LQ, clean LQ, HQ, σ, LQ brain mask, LQ validation mask, params), canonical and normalised."""
+    def draw_contrast_noise(self, rng: np.random.Generator) -> Draw:
+        sim = self.pairs.simulation
+        if self.stochastic:
+            contrast = rng.uniform(*sim.contrast, size=3) if self.contrast_varies else np.ones(1)
+            return Draw(contrast.astype(np.float32), float(rng.uniform(*sim.snr)))
+        contrast = np.asarray(sim.contrast if self.contrast_varies else (1.0,), dtype=np.float32)
+        snr = sim.snr if sim.snr is not None and math.isfinite(sim.snr) else None
+        return Draw(contrast, snr)
+
+    def realize(self, v: int, axis: str, rng: np.random.Generator) -> tuple:
+        """(components, component means, scale sample, HQ, LQ brain mask, LQ validation mask, params)."""
         f = self.factor
         params = self._parameters(axis, rng)
         ax = array_axis(axis)
@@ -137,27 +169,45 @@ class SimulationPool:
         index[ax] = slice(0, hq.shape[ax] // f * f)
         index = tuple(index)
         hq, mask, val = hq[index], self.pairs.masks[v][index], self.val_masks[v][index]
-        x = hq
-        if any(abs(c - 1.0) > 1e-12 for c in params.contrast):
-            x = hq * np.tensordot(np.asarray(params.contrast, dtype=np.float32), self._tissue(v)[(slice(None),) + index], axes=1)
-        blur_only = dataclasses.replace(params, contrast=(1.0, 1.0, 1.0))
-        lq, clean, sigma = degrade_array(x, blur_only, mask, rng=np.random.default_rng(params.seed), return_clean=True)
-        scale = np.float32(intensity_scale(lq))   # as at inference: the noisy LQ's scale
+        blur_only = dataclasses.replace(params, contrast=(1.0, 1.0, 1.0), snr=None)
+        if self.contrast_varies:
+            tissue = self._tissue(v)
+            parts = [hq * tissue[(c,) + index] for c in range(3)]
+        else:
+            parts = [hq]
         canon = lambda a: np.ascontiguousarray(to_canonical(a, ax))  # noqa: E731
+        components = np.stack([canon(degrade_array(part, blur_only, mask)) for part in parts]).astype(np.float32)
         hq_mask = canon(mask)
         lq_mask = hq_mask.reshape(hq_mask.shape[0] // f, f, *hq_mask.shape[1:]).mean(axis=1) > 0.5
         hq_val = canon(val)
         lq_val = hq_val.reshape(hq_val.shape[0] // f, f, *hq_val.shape[1:]).any(axis=1)
-        return (canon(lq) / scale, canon(clean) / scale, canon(hq) / scale, float(sigma) / float(scale),
-                lq_mask, lq_val, params.to_dict())
+        means = components[:, lq_mask].mean(axis=1) if lq_mask.any() else components.reshape(len(parts), -1).mean(axis=1)
+        flat = components.reshape(len(parts), -1)
+        picks = rng.choice(flat.shape[1], size=min(self.SCALE_SAMPLE, flat.shape[1]), replace=False)
+        record = params.to_dict()
+        record.update(contrast="per patch", snr="per patch")
+        return components, means.astype(np.float32), flat[:, picks].copy(), canon(hq).astype(np.float32), \
+            lq_mask, lq_val, record
+
+    @staticmethod
+    def lq_patch(components, means, sample, draw: Draw, region, rng: np.random.Generator) -> tuple:
+        """(noisy LQ patch, scale) for one contrast/noise draw: the simulator's arithmetic, with the
+        intensity scale of the whole noisy LQ volume estimated on the scale sample."""
+        clean = np.tensordot(draw.contrast, components[(slice(None),) + region], axes=1)
+        values = np.tensordot(draw.contrast, sample, axes=1)
+        if draw.snr is not None:
+            sigma = float(np.dot(draw.contrast, means)) / draw.snr
+            clean = _rician(clean, sigma, rng)
+            values = _rician(values, sigma, rng)
+        return clean.astype(np.float32), np.float32(intensity_scale(values))
 
     def draw(self, rng: np.random.Generator) -> CleanRealization:
         v = int(rng.integers(len(self.pairs.hq)))
         axis = self.pairs.axes[int(rng.integers(len(self.pairs.axes)))]
-        _noisy, clean, hq, sigma, lq_mask, lq_val, params = self.simulate(v, axis, rng)
-        if any(s < p for s, p in zip(clean.shape, self.patch)):
-            raise InputError(f"training volume {v + 1} along {axis} has {clean.shape} LQ voxels, smaller than the "
-                             f"training patch {self.patch}; choose smaller patch_thick / patch_inplane")
+        components, means, sample, hq, lq_mask, lq_val, params = self.realize(v, axis, rng)
+        if any(s < p for s, p in zip(components.shape[1:], self.patch)):
+            raise InputError(f"training volume {v + 1} along {axis} has {components.shape[1:]} LQ voxels, smaller "
+                             f"than the training patch {self.patch}; choose smaller patch_thick / patch_inplane")
         volume = float(np.prod(self.patch))
         brain = window_sums(lq_mask.astype(np.float32), self.patch) / volume
         held_out = window_sums(lq_val.astype(np.float32), self.patch)
@@ -167,8 +217,7 @@ class SimulationPool:
             allowed = held_out < 0.5
         if not allowed.any():
             raise InputError("no training patch fits outside the validation region; lower validation_fraction")
-        return CleanRealization(clean.astype(np.float32), hq.astype(np.float32), sigma, np.flatnonzero(allowed),
-                                allowed.shape, axis, params)
+        return CleanRealization(components, means, sample, hq, np.flatnonzero(allowed), allowed.shape, axis, params)
 
     # -- validation ----------------------------------------------------------------------------
     def cube_size(self) -> int:
@@ -196,40 +245,52 @@ class SimulationPool:
             out[a:a + c, b:b + c, d:d + c] = True
         return out
 
-    def validation_set(self, seed: int):
-        """Fixed (LQ, HQ) validation patches [n, 1, ...] from one noisy realization per volume and axis."""
+    def validation_set(self, seed: int, draws_per_cube: int = 2):
+        """Fixed (LQ, HQ) validation patches [n, 1, ...]: every held-out cube along every axis, each
+        with ``draws_per_cube`` contrast/noise draws (the loss averages over the simulator's range)."""
         xs, ys = [], []
         for v, cubes in enumerate(self.val_cubes):
             if not cubes:
                 continue
             for n_axis, axis in enumerate(self.pairs.axes):
-                noisy, _clean, hq, _s, _m, _val, _p = self.simulate(v, axis, np.random.default_rng([seed, 104729, v, n_axis]))
+                rng = np.random.default_rng([seed, 104729, v, n_axis])
+                components, means, sample, hq, _m, _val, _p = self.realize(v, axis, rng)
                 ax = array_axis(axis)
+                order = [ax] + [a for a in range(3) if a != ax]
                 for cube in cubes:
-                    order = [ax] + [a for a in range(3) if a != ax]
                     t, a, b = (cube[o] for o in order)
                     t //= self.factor
-                    xs.append(noisy[t:t + self.patch[0], a:a + self.patch[1], b:b + self.patch[2]])
-                    ys.append(hq[t * self.factor:t * self.factor + self.hq_patch[0], a:a + self.patch[1],
-                                 b:b + self.patch[2]])
+                    region = (slice(t, t + self.patch[0]), slice(a, a + self.patch[1]), slice(b, b + self.patch[2]))
+                    for _ in range(draws_per_cube):
+                        x, scale = self.lq_patch(components, means, sample, self.draw_contrast_noise(rng), region, rng)
+                        xs.append(x / scale)
+                        ys.append(hq[t * self.factor:t * self.factor + self.hq_patch[0], a:a + self.patch[1],
+                                     b:b + self.patch[2]] / scale)
         if not xs:
             return None
         return np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32)
 
 
-def make_batch(pool: list, settings: TrainSettings, patch: tuple, factor: int, rng: np.random.Generator):
-    """A batch of (noisy LQ, HQ) patches [B, 1, ...] with fresh noise and augmentation."""
+def _rician(x: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    n1 = rng.normal(0.0, sigma, size=x.shape).astype(np.float32)
+    n2 = rng.normal(0.0, sigma, size=x.shape).astype(np.float32)
+    return np.sqrt((x + n1) ** 2 + n2 ** 2)
+
+
+def make_batch(pool: list, settings: TrainSettings, patch: tuple, factor: int, rng: np.random.Generator,
+               builder: SimulationPool):
+    """A batch of (noisy LQ, HQ) patches [B, 1, ...]: each patch its own contrast, SNR and noise, then
+    augmentation."""
     hq_patch = (patch[0] * factor,) + tuple(patch[1:])
     xs, ys = [], []
     for _ in range(settings.batch):
         real = pool[int(rng.integers(len(pool)))]
         t, a, b = np.unravel_index(real.corners[int(rng.integers(real.corners.size))], real.valid_shape)
-        x = real.lq[t:t + patch[0], a:a + patch[1], b:b + patch[2]]
-        y = real.hq[t * factor:t * factor + hq_patch[0], a:a + patch[1], b:b + patch[2]]
-        if real.sigma > 0:  # Rician noise, as the simulator adds it
-            n1 = rng.normal(0.0, real.sigma, size=x.shape).astype(np.float32)
-            n2 = rng.normal(0.0, real.sigma, size=x.shape).astype(np.float32)
-            x = np.sqrt((x + n1) ** 2 + n2 ** 2)
+        region = (slice(t, t + patch[0]), slice(a, a + patch[1]), slice(b, b + patch[2]))
+        x, scale = builder.lq_patch(real.components, real.means, real.sample, builder.draw_contrast_noise(rng),
+                                    region, rng)
+        x = x / scale
+        y = real.hq[t * factor:t * factor + hq_patch[0], a:a + patch[1], b:b + patch[2]] / scale
         if settings.flips:
             for axis in range(3):
                 if rng.random() < 0.5:
@@ -365,7 +426,7 @@ def train_network(method: str, pairs, settings: TrainSettings, reporter, device:
         while progress_of(step, elapsed) < 1.0:
             if step > 0 and step % s.refresh_every == 0:
                 pool[step // s.refresh_every % len(pool)] = pool_builder.draw(rng)
-            x, y = make_batch(pool, s, patch, f, rng)
+            x, y = make_batch(pool, s, patch, f, rng, pool_builder)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(s.lr, progress_of(step, elapsed))
