@@ -1054,7 +1054,7 @@ def write_figures(results: dict, figure_data: dict, out_dir: Path) -> dict:
         nrows = 2
         aspect = truth.shape[0] / truth.shape[1]
         cols_all = cols + [f"trust:{m}" for m in trust_cols]
-        fig, axes = plt.subplots(nrows, len(cols_all), figsize=(1.7 * len(cols_all), 1.75 * nrows * aspect + 0.5),
+        fig, axes = plt.subplots(nrows, len(cols_all), figsize=(max(1.7 * len(cols_all), 6.5), 1.75 * nrows * aspect + 0.5),
                                  squeeze=False)
         err_max = 0.3
         for n, m in enumerate(trust_cols):  # trust maps: extra columns at the right
