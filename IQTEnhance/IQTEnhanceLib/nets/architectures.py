@@ -201,6 +201,23 @@ class DeepDictionaryNet(_PadInPlane):
         return upsample_linear(x, self.factor) + self.residual(x)
 
 
+def use_channels_last(net: nn.Module, device: str) -> nn.Module:
+    """On the CPU, channels-last 3-D convolutions (oneDNN) are faster: measured on 2 shared cores,
+    one thread, batch 4 of 8×32×32: a training step 1.6 s instead of 1.9-2.3 s (DL) and 2.0 s
+    instead of 2.7 s (DDL); inference of a 16×128×128 tile 1.3× faster.  Inputs follow the layout
+    of the first convolution's weight; results are the same up to float rounding."""
+    if device == "cpu":
+        for module in net.modules():
+            if isinstance(module, nn.Conv3d):
+                module.to(memory_format=torch.channels_last_3d)
+    return net
+
+
+def contiguous_state(net: nn.Module) -> dict:
+    """A state dict in the standard layout (whatever the modules' memory format), on the CPU."""
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+
 ARCHITECTURES = {"dl": "unet3d", "ddl": "unetpp3d-dictionary"}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..models import ModelFile
-from .architectures import ARCHITECTURES, build_network, count_parameters
+from .architectures import ARCHITECTURES, build_network, contiguous_state, count_parameters, use_channels_last
 
 WEIGHTS_MEMBER = "weights.pt"
 ARCH_KEYS = ("factor", "base_filters", "levels", "atoms", "atom_size")
@@ -49,7 +49,7 @@ def state_dict_bytes(net) -> bytes:
     import torch
 
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
+    torch.save(contiguous_state(net), buf)
     return buf.getvalue()
 
 
@@ -90,7 +90,7 @@ def network_from_model(model: ModelFile, device: str = "cpu"):
                          f"×{model.factor}")
     net = network_from_params(model.method, model.params, where)
     load_state(net, _torch_load(model.blobs[WEIGHTS_MEMBER], where), where)
-    return net.to(device).eval()
+    return use_channels_last(net.to(device), device).eval()
 
 
 def model_from_network(method: str, net, name: str, params: dict, training: dict) -> ModelFile:

@@ -324,7 +324,7 @@ def train_network(method: str, pairs, settings: TrainSettings, reporter, device:
     """Train and return (network on the CPU, record dict for the model file's provenance)."""
     import torch
 
-    from .architectures import build_network, count_parameters
+    from .architectures import build_network, contiguous_state, count_parameters, use_channels_last
     from .serialization import architecture_params, load_checkpoint, load_state, save_checkpoint
 
     s = settings.resolved(device)
@@ -338,7 +338,8 @@ def train_network(method: str, pairs, settings: TrainSettings, reporter, device:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     arch = architecture_params(method, f, s.base_filters, s.levels, s.atoms, s.atom_size)
-    net = build_network(method, f, s.base_filters, s.levels, s.atoms, s.atom_size).to(device)
+    net = use_channels_last(build_network(method, f, s.base_filters, s.levels, s.atoms, s.atom_size).to(device),
+                            device)
     optimizer = torch.optim.Adam(net.parameters(), lr=s.lr)
     loss_fn = torch.nn.functional.mse_loss if s.loss == "mse" else torch.nn.functional.l1_loss
     checkpoint = Path(s.checkpoint_dir) / f"{method}_last.pt" if s.checkpoint_dir else None
@@ -365,7 +366,7 @@ def train_network(method: str, pairs, settings: TrainSettings, reporter, device:
         if checkpoint is None:
             return
         save_checkpoint(checkpoint, {
-            "method": method, "arch": arch, "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "method": method, "arch": arch, "model": contiguous_state(net),
             "optimizer": optimizer.state_dict(), "step": step, "elapsed": elapsed, "history": history,
             "val_history": val_history, "patches_seen": patches_seen, "rng": _rng_state(rng),
             "torch_rng": torch.get_rng_state(), "settings": dataclasses.asdict(s),
@@ -408,7 +409,7 @@ def train_network(method: str, pairs, settings: TrainSettings, reporter, device:
             return
         val_history.append([step, round(elapsed, 1), v, v / baseline if baseline else None])
         if v < best["loss"]:
-            best.update(loss=v, step=step, state={k: t.detach().cpu().clone() for k, t in net.state_dict().items()})
+            best.update(loss=v, step=step, state={k: t.clone() for k, t in contiguous_state(net).items()})
 
     def progress_of(step_: int, elapsed_: float) -> float:
         p = 0.0
