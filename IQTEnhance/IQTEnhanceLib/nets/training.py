@@ -434,9 +434,8 @@ def train_network(method: str, pairs, settings: TrainSettings, reporter, device:
             loss = loss_fn(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            # clipping: one odd batch (a patch of bright vessels, an extreme contrast draw) must not
-            # throw the unnormalised network off; the first full-brain DL run without it fell back
-            # from 0.55× to 0.98× the interpolation's validation loss between steps 300 and 400
+            # clipping: one odd batch (bright vessels, an extreme contrast and SNR draw) must not throw
+            # the unnormalised network off; the median norms are logged in the loss history
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), s.clip if s.clip > 0 else math.inf)))
             optimizer.step()
             value = float(loss.detach())
