@@ -1078,7 +1078,7 @@ def write_figures(results: dict, figure_data: dict, out_dir: Path) -> dict:
             else:
                 err = np.abs(img - truth) / mean * mask
                 ax.imshow(err, cmap="magma", vmin=0, vmax=err_max, origin="lower", interpolation="nearest")
-                ax.set_title(f"NRMSE {np.sqrt(np.mean((img - truth)[mask] ** 2)) / mean:.3f}", fontsize=7)
+                ax.set_xlabel(f"slice NRMSE {np.sqrt(np.mean((img - truth)[mask] ** 2)) / mean:.3f}", fontsize=7)
         for ax in axes.ravel():
             ax.set_xticks([])
             ax.set_yticks([])
