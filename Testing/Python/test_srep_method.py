@@ -123,3 +123,17 @@ def test_training_is_deterministic_with_a_seed(icbm_t1, colin_lq, formulation):
     assert a.params["formulation"] == formulation and a.training["pairs"] == 3000
     out = api.enhance(colin_lq, "srep", model=a, stride_inplane=3).volume.array
     assert out.shape[0] == colin_lq.array.shape[0] * 4 and np.isfinite(out).all()
+
+
+def test_command_line_writes_output_and_trust_map(tmp_path, colin_lq):
+    from IQTEnhanceLib.cli import main
+    from IQTEnhanceLib.volume import read_volume, write_volume
+
+    lq_path = write_volume(colin_lq, tmp_path / "lq.nrrd")
+    out, trust = tmp_path / "hq.nrrd", tmp_path / "trust.nrrd"
+    assert main(["enhance", str(lq_path), str(out), "--method", "srep", "--trust-map", str(trust),
+                 "--stride-inplane", "3", "--quiet"]) == 0
+    hq = read_volume(out)
+    t = read_volume(trust, check_finite=True)
+    assert hq.array.shape == t.array.shape == (colin_lq.array.shape[0] * 4,) + colin_lq.array.shape[1:]
+    assert np.isfinite(t.array).all() and t.array.max() > 0
