@@ -17,9 +17,6 @@ torch was exact but far slower still (one small kernel per coordinate), so it wa
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
-
 import numpy as np
 
 SOLVERS = ("auto", "fista", "spams")

@@ -165,7 +165,8 @@ def main():
     parser.add_argument("--sklearn-patches", type=int, default=1000)
     parser.add_argument("--skip-solvers", action="store_true")
     parser.add_argument("--skip-whole-brain", action="store_true")
-    parser.add_argument("--solvers", default="auto,fista", help="whole-brain solvers (comma-separated)")
+    parser.add_argument("--solvers", default="auto",
+                        help="whole-brain solvers, comma-separated (fista on 2 CPU cores takes ~30× SPAMS)")
     parser.add_argument("--_whole-brain", dest="child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     model_path = args.model or default_model_path("srep")
