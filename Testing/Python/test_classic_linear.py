@@ -38,6 +38,23 @@ def test_fit_ridge_recovers_a_known_linear_patch_map():
     assert fit["val_rmse_zero"] > 10 * sigma
 
 
+def test_realization_offsets_are_removed_and_flat_patches_get_no_residual():
+    """A simulated realization's global intensity offset is not learnable from mean-removed
+    features: it is taken out of the targets, and the map has no intercept."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 10))
+    W_true = rng.normal(size=(10, 6))
+    groups = np.repeat([0, 1, 2], 1000)
+    offsets = np.array([0.3, -0.1, 0.05])[groups][:, None]
+    Y = X @ W_true + offsets + rng.normal(scale=0.01, size=(3000, 6))
+    centred = classic.remove_realization_offsets(Y, groups)
+    for g in range(3):
+        assert abs(centred[groups == g].mean()) < 1e-5
+    fit = classic.fit_ridge(X, centred, [1e-6], intercept=False)
+    assert np.all(fit["b"] == 0)
+    assert np.linalg.norm(fit["W"] - W_true) / np.linalg.norm(W_true) < 0.01
+
+
 def test_fit_ridge_rejects_bad_shapes():
     with pytest.raises(InputError):
         classic.fit_ridge(np.zeros((10, 3)), np.zeros((9, 2)), [1e-3])
