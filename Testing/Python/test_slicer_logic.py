@@ -218,14 +218,23 @@ def test_bad_input_gives_one_clear_error_and_no_node(colin, make, words, blockin
 LEARNED = [m for m in available_methods() if get_method(m).needs_model]
 
 
+# Patch-regression methods need whole patches; the networks pad any volume (issue 4: "a volume
+# whose size is not a multiple of anything must work"), so for them a tiny volume must succeed.
+PATCH_METHODS = {"srep", "linear", "forest"}
+
+
 @pytest.mark.parametrize("method", [m for m in LEARNED if m in RUNNABLE] or
                          [pytest.param("srep", marks=pytest.mark.skip(reason="no learned method with a shipped model yet"))])
 def test_volume_too_small_for_the_model_gives_a_clear_error(colin, method):
     s = scene()
-    # 2 thick slices of 3x3 voxels: a 3-D volume, but smaller than any model's patch
+    # 2 thick slices of 3x3 voxels: a 3-D volume, but smaller than any patch model's patch
     node = add_scalar_node(s, colin[0].array[20:22, 30:33, 30:33], (1, 1, 4), (0, 0, 0), AXIS_ALIGNED_RAS,
                            name="tiny")
     before = node_ids(s)
+    if method not in PATCH_METHODS:
+        out = EnhanceLogic(s).enhance(node, method, device="cpu")
+        assert out.GetImageData().GetDimensions() == (3, 3, 8)
+        return
     with pytest.raises((InputError, ModelError), match="patch|fit|small"):
         EnhanceLogic(s).enhance(node, method, device="cpu")
     assert node_ids(s) == before
