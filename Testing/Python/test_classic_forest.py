@@ -31,11 +31,12 @@ def test_exported_trees_predict_like_scikit_learn(kind):
     assert np.abs(expected).max() > 0.5  # a real, non-trivial prediction
 
 
-def _small_forest(icbm_t1, seed=0, **extra):
+def _small_forest(icbm_t1, seed=0, progress=None, cancel=None, **extra):
     image, mask = icbm_t1
     options = dict(samples=3000, realizations=1, trees=3, min_samples_leaf=20, lambdas="1e-5,1e-3")
     options.update(extra)
-    return api.train("forest", [image], masks=[mask], factor=4, seed=seed, data_names=["fixture"], **options)
+    return api.train("forest", [image], masks=[mask], factor=4, seed=seed, data_names=["fixture"],
+                     progress=progress, cancel=cancel, **options)
 
 
 def test_forest_training_is_deterministic_and_round_trips(icbm_t1, colin, tmp_path):
@@ -59,6 +60,19 @@ def test_forest_training_is_deterministic_and_round_trips(icbm_t1, colin, tmp_pa
     out_loaded = api.enhance(lq, "forest", model=path, stride_inplane=2)
     assert np.array_equal(out_a.volume.array, out_loaded.volume.array)
     assert out_a.volume.array.shape == (lq.array.shape[0] * 4,) + lq.array.shape[1:]
+
+
+def test_forest_training_reports_each_tree_and_can_be_cancelled(icbm_t1):
+    from IQTEnhanceLib.errors import CancelledError
+
+    messages = []
+    with pytest.raises(CancelledError):
+        _small_forest(icbm_t1, trees=4, progress=lambda f, m: messages.append((f, m)),
+                      cancel=lambda: any("growing tree 2/4" in m for _, m in messages))
+    assert any("growing tree 1/4" in m for _, m in messages)
+    assert not any("tree 3/4" in m for _, m in messages)
+    fractions = [f for f, _ in messages]
+    assert fractions == sorted(fractions)
 
 
 def test_forest_refuses_mismatched_models_and_options(icbm_t1, colin, tmp_path):

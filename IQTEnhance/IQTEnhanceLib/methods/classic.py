@@ -409,6 +409,19 @@ def _forest_estimator(options: dict, seed: int):
     return ExtraTreesRegressor(bootstrap=False, **common)
 
 
+def grow_trees(estimator, Z: np.ndarray, T: np.ndarray, reporter) -> None:
+    """Fit ``estimator`` one tree at a time (scikit-learn's ``warm_start``: the same trees as one
+    ``fit``, since each new tree's seed comes from the same random stream), reporting progress and
+    honouring cancel between trees."""
+    n_trees = int(estimator.n_estimators)
+    estimator.set_params(warm_start=True)
+    for k in range(1, n_trees + 1):
+        reporter((k - 1) / n_trees, f"growing tree {k}/{n_trees} on {len(Z)} pairs", force=True)
+        estimator.set_params(n_estimators=k)
+        estimator.fit(Z, T)
+    reporter(1.0, f"{n_trees} trees grown", force=True)
+
+
 def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) -> ModelFile:
     """A ridge regression, then a forest on what the ridge misses (its residual, PCA-reduced).
 
@@ -445,6 +458,8 @@ def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) 
     ridge = fit_ridge(X[train_idx], Y[train_idx], lambdas, X[val_idx], Y[val_idx], intercept=False)
     refit = bool(options["refit"])
 
+    from sklearn.base import clone
+
     def grow(rows, rep) -> dict:
         """Ridge (the chosen penalty), PCA bases and trees fitted on ``rows``."""
         fit = fit_ridge(X[rows], Y[rows], [ridge["lambda"]], intercept=False)
@@ -454,12 +469,11 @@ def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) 
                           (np.zeros(0, np.float32), np.zeros((0, X.shape[1]), np.float32)))
         t_mean, t_comp = _pca(residual, n_targ)
         Z = (X[rows] - f_mean) @ f_comp.T if n_feat else X[rows]
-        rep(0.1, f"growing {estimator.n_estimators} trees on {len(rows)} pairs", force=True)
-        estimator.fit(Z, (residual - t_mean) @ t_comp.T)
-        rep.check_cancel()
+        forest = clone(estimator)  # a fresh forest with the same seed for each fit
+        grow_trees(forest, Z, (residual - t_mean) @ t_comp.T, rep.sub(0.1, 1.0))
         arrays = {"W": W, "b": np.zeros(W.shape[1], np.float32), "feature_mean": f_mean,
                   "feature_components": f_comp, "target_mean": t_mean, "target_components": t_comp}
-        arrays.update(export_trees(estimator.estimators_))
+        arrays.update(export_trees(forest.estimators_))
         return arrays
 
     arrays = grow(train_idx, reporter.sub(0.32, 0.65 if refit else 0.97, "growing the forest"))
