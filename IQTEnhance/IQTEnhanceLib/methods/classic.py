@@ -52,8 +52,9 @@ COMMON_TRAIN_OPTIONS = (
     MethodOption("patch_thick", int, 2, "LQ patch size along the thick axis (LQ voxels)"),
     MethodOption("patch_inplane", int, 5, "LQ patch size in-plane (voxels)"),
     MethodOption("samples", int, 150_000, "patch pairs sampled in the brain masks"),
-    # Colin27 NRMSE of linear with 2 / 4 / 8 realizations per axis: 0.0609 / 0.0600 / 0.0605 (with 1,
-    # a single unlucky draw of SNR/thickness/contrast per axis gave up to 0.074)
+    # Colin27 NRMSE of linear with 2 / 4 / 8 realizations per axis: 0.0609 / 0.0600 / 0.0605; with 1
+    # per axis (and an intercept, before offsets were removed) 0.0652, vs 0.0602 with 3: few draws of
+    # SNR/thickness/contrast give a map biased towards them
     MethodOption("realizations", int, 4,
                  "simulated LQ versions per training volume and axis (each with its own SNR, slice "
                  "profile and contrast drawn from the training ranges)"),
