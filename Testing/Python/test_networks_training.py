@@ -5,6 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import requires_cuda  # noqa: E402
 from IQTEnhanceLib import api, metrics, simulate  # noqa: E402
 from IQTEnhanceLib.errors import CancelledError, InputError  # noqa: E402
 from IQTEnhanceLib.models import default_model_path, file_checksum, load_model, shipped_models  # noqa: E402
@@ -183,3 +184,13 @@ def test_cli_trains_and_enhances_with_a_network(icbm_t1, colin, tmp_path):
                    "--model", str(model_path), "-q"])
     assert rc == 0
     assert read_volume(tmp_path / "out.nrrd").array.shape == colin[0].array.shape
+
+
+@requires_cuda
+@pytest.mark.parametrize("method", ["dl", "ddl"])
+def test_cuda_training_runs_and_gives_a_cpu_loadable_model(icbm_t1, method):
+    image, mask = icbm_t1
+    model = api.train(method, [image], masks=[mask], steps=3, **dict(TINY, device="cuda"))
+    assert model.training["device"] == "cuda" and model.training["steps"] == 3
+    net = network_from_model(model, "cpu")
+    assert all(p.device.type == "cpu" for p in net.parameters())
