@@ -814,6 +814,7 @@ def render_report(results: dict) -> str:
         ind_names = [c["name"] for c in cases if c["group"] == "in distribution"]
         for m in methods:
             if m == BASELINE:
+                rows.append([f"`{m}`"] + ["0 (reference)"] * (len(case_names) + 2))
                 continue
             g = [gain(nrmse, c, m, BASELINE) for c in case_names]
             rows.append([f"`{m}`"] + [_fmt(v, 1, True) for v in g]
