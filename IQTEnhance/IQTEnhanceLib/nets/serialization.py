@@ -20,15 +20,14 @@ from ..models import ModelFile
 from .architectures import ARCHITECTURES, build_network, contiguous_state, count_parameters, use_channels_last
 
 WEIGHTS_MEMBER = "weights.pt"
-ARCH_KEYS = ("factor", "base_filters", "levels", "atoms", "atom_size")
 
 
 def architecture_params(method: str, factor: int, base_filters: int, levels: int, atoms: int = 64,
-                        atom_size: int = 1) -> dict:
+                        atom_size: int = 1, tail_width: int = 0) -> dict:
     params = {"architecture": ARCHITECTURES[method], "factor": int(factor), "base_filters": int(base_filters),
               "levels": int(levels)}
     if method == "ddl":
-        params.update(atoms=int(atoms), atom_size=int(atom_size))
+        params.update(atoms=int(atoms), atom_size=int(atom_size), tail_width=int(tail_width or 4 * base_filters))
     return params
 
 
@@ -37,8 +36,10 @@ def network_from_params(method: str, params: dict, where: str = "model"):
         if params.get("architecture") != ARCHITECTURES[method]:
             raise ModelError(f"{where}: architecture {params.get('architecture')!r} is not the "
                              f"{method} network ({ARCHITECTURES[method]})")
+        # files written before tail_width was a parameter had a tail as wide as the base
         return build_network(method, int(params["factor"]), int(params["base_filters"]), int(params["levels"]),
-                             int(params.get("atoms", 64)), int(params.get("atom_size", 1)))
+                             int(params.get("atoms", 64)), int(params.get("atom_size", 1)),
+                             int(params.get("tail_width", params["base_filters"])))
     except ModelError:
         raise
     except (KeyError, TypeError, ValueError) as exc:

@@ -116,12 +116,13 @@ def model_card(model, path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_card_and_register(model, path: Path) -> None:
+def write_card_and_register(model, path: Path, register: bool = True) -> None:
     card = path.with_suffix(".md")
     model.training["model_card"] = card.name
     save_model(path, model)
     card.write_text(model_card(model, path))
-    register_shipped_model(path)
+    if register:
+        register_shipped_model(path)
 
 
 def main(argv=None):
@@ -136,6 +137,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint-dir", default="")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", default="")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--no-register", action="store_true", help="write the model and card, do not list them")
     parser.add_argument("--evaluate-only", action="store_true")
     args = parser.parse_args(argv)
     import torch
@@ -155,7 +158,7 @@ def main(argv=None):
                 last[0] = now
                 print(f"{time.strftime('%H:%M:%S')} {100 * fraction:5.1f}% {message}", flush=True)
 
-        options = dict(minutes=args.minutes, threads=args.threads, checkpoint_dir=args.checkpoint_dir,
+        options = dict(minutes=args.minutes, threads=args.threads, lr=args.lr, checkpoint_dir=args.checkpoint_dir,
                        resume=args.resume, device="cpu", validation_every=100, checkpoint_every=100)
         if args.method == "ddl":
             options["atoms"] = args.atoms
@@ -169,7 +172,7 @@ def main(argv=None):
         save_model(path, model)
         model = load_model(path)
     model.training["evaluation"] = evaluate_on_colin27(model)
-    write_card_and_register(model, path)
+    write_card_and_register(model, path, register=not args.no_register)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {path.with_suffix('.md').name}")
 
 
