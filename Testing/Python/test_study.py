@@ -206,9 +206,16 @@ def test_benchmark_cli_runs_on_fixtures(tmp_path):
 
     out = tmp_path / "cli"
     code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "nearest", "trilinear",
-                     "--cases", "in_distribution", "pathology", "--no-figures", "-q"])
+                     "--cases", "in_distribution", "pathology", "-q"])
     assert code == 0
     report = (out / "README.md").read_text()
+    # the report and figures can be redrawn from the saved results, without a new run
+    figure = (out / "case_pathology.png").read_bytes()
+    (out / "README.md").unlink()
+    (out / "case_pathology.png").unlink()
+    assert cli.main(["benchmark", "quality", "--out", str(out), "--report-only"]) == 0
+    assert (out / "README.md").read_text() == report
+    assert (out / "case_pathology.png").read_bytes() == figure
     _, rows = _table_rows(report, "### NRMSE in the brain mask")
     assert set(rows) == {"`nearest`", "`trilinear`"}
     _, rows = _table_rows(report, "### Lesions (`pathology`)")
