@@ -27,7 +27,7 @@ def architecture_params(method: str, factor: int, base_filters: int, levels: int
     params = {"architecture": ARCHITECTURES[method], "factor": int(factor), "base_filters": int(base_filters),
               "levels": int(levels)}
     if method == "ddl":
-        params.update(atoms=int(atoms), atom_size=int(atom_size), tail_width=int(tail_width or 4 * base_filters))
+        params.update(atoms=int(atoms), atom_size=int(atom_size), tail_width=int(tail_width or base_filters))
     return params
 
 
@@ -36,7 +36,7 @@ def network_from_params(method: str, params: dict, where: str = "model"):
         if params.get("architecture") != ARCHITECTURES[method]:
             raise ModelError(f"{where}: architecture {params.get('architecture')!r} is not the "
                              f"{method} network ({ARCHITECTURES[method]})")
-        # files written before tail_width was a parameter had a tail as wide as the base
+        # files written before tail_width was a parameter have a tail as wide as the base
         return build_network(method, int(params["factor"]), int(params["base_filters"]), int(params["levels"]),
                              int(params.get("atoms", 64)), int(params.get("atom_size", 1)),
                              int(params.get("tail_width", params["base_filters"])))
