@@ -49,6 +49,7 @@ BASELINE = "linear"                       # the classic baseline every gain is m
 # Colin27, seeds 0-2: 0.07523/0.07516/0.07528).
 TIE_NRMSE_PERCENT = 1.0   # % of DL's NRMSE
 TIE_DROP_POINTS = 0.5     # percentage points of gain over trilinear
+TIE_PULL_POINTS = 1.0     # percentage points of pull to the training mean
 STUDY_ORDER = ("nearest", "trilinear", "bspline", "linear", "forest", "srep", "ddl", "dl")
 
 
@@ -738,8 +739,10 @@ def _verdict(advantage: Optional[float], tie: float) -> str:
 
 def claim_checks(results: dict) -> dict:
     """The paper's claim, case by case: for every OOD case and X in {srep, ddl}, is X's NRMSE below
-    DL's, and does X lose less of its in-distribution gain over trilinear than DL does?"""
+    DL's (a), does X lose less of its in-distribution gain over trilinear than DL does (b), and is
+    DL pulled more toward the training mean than X (c, the claim's mechanism)?"""
     nrmse = aggregate(results["records"], "nrmse")
+    pull = aggregate(results["records"], "rtm_pull")
     cases = results["cases"]
     ind = [c["name"] for c in cases if c["group"] == "in distribution"]
     ood = [c["name"] for c in cases if c["group"] != "in distribution"]
@@ -757,6 +760,9 @@ def claim_checks(results: dict) -> dict:
                 row["drop_x"] = gain(nrmse, ref, x, "trilinear") - gain(nrmse, c, x, "trilinear")
                 row["drop_dl"] = gain(nrmse, ref, "dl", "trilinear") - gain(nrmse, c, "dl", "trilinear")
                 row["b"] = _verdict(row["drop_dl"] - row["drop_x"], TIE_DROP_POINTS)
+            if (c, x) in pull and (c, "dl") in pull:
+                row["pull_x"], row["pull_dl"] = pull[(c, x)][0], pull[(c, "dl")][0]
+                row["c"] = _verdict(row["pull_dl"] - row["pull_x"], TIE_PULL_POINTS)
             out["rows"].append(row)
     return out
 
@@ -1003,8 +1009,9 @@ def _claim_text(results, nrmse, ssim, kept, pull) -> list:
            "SSIM), because a supervised regressor falls back to the training mean. Tested here case by case: "
            "(a) is the method's NRMSE lower than DL's; (b) does it lose less of its in-distribution gain over "
            "trilinear interpolation than DL does (drop = gain in distribution − gain in the case, in "
-           f"percentage points). Differences under {TIE_NRMSE_PERCENT:g}% of NRMSE (a) or "
-           f"{TIE_DROP_POINTS:g} points (b) are called ties.\n"]
+           f"percentage points); (c) the claim's mechanism: is DL pulled toward the training mean more than "
+           f"the method (pull as defined above). Differences under {TIE_NRMSE_PERCENT:g}% of NRMSE (a), "
+           f"{TIE_DROP_POINTS:g} points (b) or {TIE_PULL_POINTS:g} point of pull (c) are called ties.\n"]
     if not check["rows"]:
         missing = [m for m in ("srep", "ddl", "dl") if m not in methods]
         out.append(f"Not testable in this run: {', '.join(missing)} not evaluated.")
@@ -1017,9 +1024,12 @@ def _claim_text(results, nrmse, ssim, kept, pull) -> list:
         rows.append([f"`{c}`", f"`{x}`", f"{nrmse[(c, x)][0]:.4f} vs {nrmse[(c, 'dl')][0]:.4f}",
                      f"{s_x:.4f} vs {s_dl:.4f}", f"{r['a']} ({_fmt(r['vs_dl'], 1, True)}%)",
                      (f"{r['drop_x']:+.1f} vs {r['drop_dl']:+.1f}" if "drop_x" in r else "–"),
-                     r.get("b", "–")])
+                     r.get("b", "–"),
+                     (f"{r['pull_x']:+.1f} vs {r['pull_dl']:+.1f}" if "pull_x" in r else "–"),
+                     r.get("c", "–")])
     out.append(_table(["case", "method", "NRMSE (method vs dl)", "SSIM (method vs dl)", "(a) lower NRMSE (% vs dl)",
-                       "drop of gain over trilinear, pp (method vs dl)", "(b) degrades less"], rows))
+                       "drop of gain over trilinear, pp (method vs dl)", "(b) degrades less",
+                       "pull to training mean, % (method vs dl)", "(c) dl pulled more"], rows))
     out.append("")
     for x in CLAIM_METHODS:
         rs = [r for r in check["rows"] if r["method"] == x]
@@ -1033,7 +1043,8 @@ def _claim_text(results, nrmse, ssim, kept, pull) -> list:
                     parts.append(f"{word} in {len(cs)} ({', '.join(cs)})")
             return "; ".join(parts) if parts else "not measured"
 
-        out.append(f"- **{x}** over {len(rs)} OOD cases: (a) {summary('a')}. (b) {summary('b')}.")
+        out.append(f"- **{x}** over {len(rs)} OOD cases: (a) {summary('a')}. (b) {summary('b')}. "
+                   f"(c) {summary('c')}.")
     lesion_cases = [c["name"] for c in results["cases"] if c.get("lesions")]
     for c in lesion_cases:
         if (c, "dl") in kept:

@@ -222,3 +222,27 @@ def test_benchmark_cli_runs_on_fixtures(tmp_path):
     kept = float(rows["`trilinear`"][1])
     assert 20 < kept < 100  # thick slices lose part of a small lesion's contrast, never all of it
     assert cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--cases", "nonsense", "-q"]) == 2
+
+
+def test_claim_check_verdicts_follow_the_numbers():
+    """(a) NRMSE vs DL, (b) loss of the gain over trilinear, (c) pull to the mean; ties within margins."""
+    def rec(case, method, nrmse, pull):
+        return {"case": case, "method": method, "seed": 0, "nrmse": nrmse, "rtm_pull": pull}
+
+    records = [rec("ind", "trilinear", 0.10, 4), rec("ind", "srep", 0.06, 0), rec("ind", "dl", 0.05, 0),
+               rec("ood", "trilinear", 0.20, 8), rec("ood", "srep", 0.10, 1), rec("ood", "dl", 0.15, 10),
+               rec("ood2", "trilinear", 0.10, 4), rec("ood2", "srep", 0.0502, 0.5), rec("ood2", "dl", 0.05, 0)]
+    results = {"records": records, "cases": [{"name": "ind", "group": "in distribution"},
+                                             {"name": "ood", "group": "out of distribution"},
+                                             {"name": "ood2", "group": "out of distribution"}]}
+    rows = {r["case"]: r for r in study.claim_checks(results)["rows"]}
+    assert rows["ood"]["a"] == "yes" and rows["ood"]["vs_dl"] == pytest.approx(100 / 3)
+    # gains over trilinear: srep 40 -> 50 (drop -10), dl 50 -> 25 (drop 25): srep degrades less
+    assert rows["ood"]["drop_x"] == pytest.approx(-10) and rows["ood"]["drop_dl"] == pytest.approx(25)
+    assert rows["ood"]["b"] == "yes" and rows["ood"]["c"] == "yes"
+    assert rows["ood2"]["a"] == "tie" and rows["ood2"]["c"] == "tie"
+    # ood2: srep's gain over trilinear rises 40 -> 49.8 (drop -9.8), dl's stays 50 (drop 0)
+    assert rows["ood2"]["b"] == "yes"
+    records[-1]["nrmse"] = 0.04  # dl's gain now rises 50 -> 60 (drop -10): within 0.5 points of srep's
+    rows = {r["case"]: r for r in study.claim_checks(results)["rows"]}
+    assert rows["ood2"]["b"] == "tie" and rows["ood2"]["a"] == "no"
