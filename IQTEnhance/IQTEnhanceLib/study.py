@@ -991,6 +991,12 @@ def _headline(results, nrmse, kept, pull) -> list:
                        + (f", within {TIE_NRMSE_PERCENT:g}% in {len(ties)} ({', '.join(ties)})" if ties else "")
                        + "; per case: " + ", ".join(f"{r['case']} {_fmt(r['vs_dl'], 1, True)}%" for r in rows)
                        + " (% lower NRMSE than dl).")
+        mech = [r for r in check["rows"] if "c" in r]
+        if mech:
+            more = [f"{r['case']} vs {r['method']}" for r in mech if r["c"] == "yes"]
+            out.append(f"- **The claim's mechanism** (dl pulled toward the training mean more than srep/ddl, by more "
+                       f"than {TIE_PULL_POINTS:g} point): seen in {len(more)} of {len(mech)} OOD comparisons"
+                       + (f" ({', '.join(more)})" if more else "") + "; see the pull table.")
     else:
         out.append("- The claim cannot be checked: dl and srep/ddl were not all evaluated.")
     for c in cases:
