@@ -39,7 +39,8 @@ _COMMON_TRAIN = (
     MethodOption("checkpoint_every", int, 200, "steps between checkpoints"),
     MethodOption("resume", bool, False, "continue from the checkpoint in checkpoint_dir"),
     MethodOption("device", str, "auto", "training device", ("auto", "cpu", "cuda")),
-    MethodOption("threads", int, 0, "torch CPU threads (0: torch's default)"),
+    MethodOption("threads", int, 0, "torch CPU threads (0: torch's default; on a busy machine 1 is far faster: "
+                 "measured 11.4 vs 1.1 patches/s with 1 vs 2 threads on 2 shared cores)"),
     MethodOption("pool_size", int, 4, "simulated LQ volumes kept in memory (one re-drawn every refresh_every steps)"),
     MethodOption("refresh_every", int, 25, "steps between re-simulations of one pooled volume"),
     MethodOption("intensity_jitter", float, 0.1, "augmentation: common LQ/HQ intensity scaling ± this fraction"),
