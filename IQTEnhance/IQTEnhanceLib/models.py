@@ -20,13 +20,13 @@ import datetime
 import hashlib
 import io
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelError
+from .files import atomic_path, json_default
 
 FORMAT = "iqtenhance-model"
 FORMAT_VERSION = 1
@@ -98,28 +98,12 @@ def save_model(path, model: ModelFile) -> Path:
         "training": training,
         "members": {k: _sha256(v) for k, v in members.items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-            z.writestr("manifest.json", json.dumps(manifest, indent=2, default=_json_default))
+            z.writestr("manifest.json", json.dumps(manifest, indent=2, default=json_default))
             for name, data in members.items():
                 z.writestr(name, data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def load_model(path) -> ModelFile:

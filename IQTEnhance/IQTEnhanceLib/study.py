@@ -33,11 +33,12 @@ import numpy as np
 
 from .errors import CancelledError, InputError, ModelError
 from .grid import crop_to_whole_slabs
+from .files import atomic_path, write_json_atomic, write_text_atomic
 from .metrics import evaluate_arrays
 from .normalize import intensity_scale
 from .progress import as_reporter
 from .simulate import ParameterRanges, SimulationParameters, simulate, tissue_memberships
-from .volume import Volume, array_axis
+from .volume import Volume
 
 TRAINING_DATASET = "icbm2009c_t1"
 LEARNED = ("srep", "ddl", "dl")           # the paper's three methods
@@ -607,8 +608,8 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
     if config.figures:
         save_figure_slices(figure_data, out_dir / FIGURE_SLICES)
         results["figures"] = write_figures(results, figure_data, out_dir)
-    _write_text(out_dir / "results.json", json.dumps(results, indent=1, default=_json_default) + "\n")
-    _write_text(out_dir / "README.md", render_report(results))
+    write_json_atomic(out_dir / "results.json", results, indent=1)
+    write_text_atomic(out_dir / "README.md", render_report(results))
     reporter(1.0, "benchmark done", force=True)
     return results
 
@@ -625,7 +626,8 @@ def save_figure_slices(figure_data: dict, path: Path) -> None:
         for kind in ("outputs", "trust"):
             for method, a in fd[kind].items():
                 arrays[f"{case}|{kind}|{method}"] = a
-    np.savez_compressed(path, **arrays)
+    with atomic_path(path, ".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def load_figure_slices(path: Path) -> dict:
@@ -651,22 +653,9 @@ def rerender(out_dir) -> dict:
     results = json.loads(source.read_text())
     if (out_dir / FIGURE_SLICES).exists():
         results["figures"] = write_figures(results, load_figure_slices(out_dir / FIGURE_SLICES), out_dir)
-        _write_text(source, json.dumps(results, indent=1, default=_json_default) + "\n")
-    _write_text(out_dir / "README.md", render_report(results))
+        write_json_atomic(source, results, indent=1)
+    write_text_atomic(out_dir / "README.md", render_report(results))
     return results
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomic write: a reader (or an interrupted run) never sees half a report."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _cpu_count() -> int:
@@ -676,16 +665,6 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -782,7 +761,6 @@ def render_report(results: dict) -> str:
     """The Markdown report (README.md of the results folder)."""
     records = results["records"]
     methods = [m["name"] for m in results["methods"]]
-    label = {m["name"]: m["label"] for m in results["methods"]}
     cases = results["cases"]
     case_names = [c["name"] for c in cases]
     nrmse = aggregate(records, "nrmse")
@@ -1091,7 +1069,8 @@ def _save_png(fig, path: Path, dpi: int = 90) -> None:
     fig.savefig(buf, format="png", dpi=dpi)
     buf.seek(0)
     with Image.open(buf) as image:
-        image.convert("RGB").quantize(colors=192).save(path, format="PNG", optimize=True)
+        with atomic_path(path, ".png") as tmp:
+            image.convert("RGB").quantize(colors=192).save(tmp, format="PNG", optimize=True)
 
 
 def _colour(method: str):

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import numpy as np
 
 from .errors import InputError
-from .grid import check_factor, crop_to_whole_slabs
+from .grid import check_factor
 from .normalize import intensity_scale, to_canonical
 from .simulate import ParameterRanges, SimulationParameters, degrade_array, foreground_mask, sample_parameters
 from .volume import Volume, array_axis

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .files import atomic_path
 
 AXIS_LETTERS = ("i", "j", "k")
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -265,11 +266,6 @@ def write_volume(volume: Volume, path, *, dtype=np.float32, overwrite: bool = Tr
             shutil.rmtree(folder, ignore_errors=True)
         return path
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")
-    try:
+    with atomic_path(path, suffix) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -1,5 +1,4 @@
 """Shared fixtures. The real-data fixtures are crops committed under Testing/Data (see LICENSES.md)."""
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,19 @@ def icbm_t1():
 @pytest.fixture(scope="session")
 def icbm_t2():
     return load_fixture("icbm2009c_t2")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For the network tests: the networks there are small, one thread is as fast as two, and on a loaded
+    2-core machine two threads thrash (measured under load 8: the DL overfit test took 171 s with 2
+    threads, 20 s with 1)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

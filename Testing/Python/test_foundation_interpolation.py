@@ -5,7 +5,7 @@ import pytest
 from IQTEnhanceLib.api import enhance
 from IQTEnhanceLib.errors import InputError
 from IQTEnhanceLib.grid import default_axis, hq_geometry, lq_geometry
-from IQTEnhanceLib.interpolation import INTERPOLATION_METHODS, upsample, upsample_array
+from IQTEnhanceLib.interpolation import INTERPOLATION_METHODS, upsample_array
 from IQTEnhanceLib.simulate import simulate
 from IQTEnhanceLib.volume import Volume
 

@@ -20,14 +20,7 @@ from IQTEnhanceLib.nets.serialization import (WEIGHTS_MEMBER, architecture_param
 from IQTEnhanceLib.volume import Volume  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The networks here are small: one thread is as fast as two, and on a loaded 2-core machine two
-    threads thrash (measured under load 8: the DL overfit test took 171 s with 2 threads, 20 s with 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_network(method, factor=4, base=4, levels=2, atoms=64, atom_size=1, seed=0):

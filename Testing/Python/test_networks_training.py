@@ -14,14 +14,7 @@ from IQTEnhanceLib.nets.serialization import architecture_params, load_checkpoin
 from IQTEnhanceLib.normalize import intensity_scale  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The networks here are small: one thread is as fast as two, and on a loaded 2-core machine two
-    threads thrash (measured under load 8: the DL overfit test took 171 s with 2 threads, 20 s with 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # a training run that takes seconds: small network, small patches, a handful of steps
 TINY = dict(base_filters=4, levels=2, patch_thick=4, patch_inplane=16, batch=2, pool_size=1, minutes=0,

@@ -7,7 +7,6 @@ import pytest
 
 from IQTEnhanceLib import api, metrics, sparse
 from IQTEnhanceLib.errors import CancelledError, ModelError
-from IQTEnhanceLib.methods import srep
 from IQTEnhanceLib.models import default_model_path, load_model, save_model
 from IQTEnhanceLib.simulate import SimulationParameters, simulate
 from IQTEnhanceLib.volume import Volume

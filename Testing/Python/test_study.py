@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from IQTEnhanceLib import study
-from IQTEnhanceLib.simulate import SimulationParameters, degrade_array, tissue_memberships
-from IQTEnhanceLib.volume import Volume
+from IQTEnhanceLib.simulate import tissue_memberships
 
 
 def _case(name):

@@ -11,7 +11,6 @@ Progress and cooperative cancel happen between batches (:class:`..progress.Repor
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from ..files import atomic_path
 from ..models import ModelFile
 from .architectures import ARCHITECTURES, build_network, contiguous_state, count_parameters, use_channels_last
 
@@ -127,14 +128,8 @@ def save_checkpoint(path, payload: dict) -> Path:
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(dict(payload, format=CHECKPOINT_FORMAT), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
