@@ -597,7 +597,8 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
         "training_dataset": TRAINING_DATASET, "training_ranges": dataclasses.asdict(ParameterRanges()),
         "mu_train": mu_train,
         "methods": [{"name": r.name, "label": r.label, "model": r.describe_model(),
-                     "training_data": (r.model.training.get("data") if r.model is not None else None)}
+                     "training_data": (r.model.training.get("data") if r.model is not None else None),
+                     "training_simulation": (r.model.training.get("simulation") if r.model is not None else None)}
                     for r in runs],
         "missing": missing,
         "cases": [dict(name=c.name, **case_info[c.name]) for c in config.cases],
@@ -757,6 +758,28 @@ def _mean_over(agg_gain: list) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
+def describe_training_simulation(record: Optional[dict]) -> str:
+    """One line for a model's training simulation record (``model.training["simulation"]``)."""
+    if not record:
+        return "-"
+
+    def span(key, unit=""):
+        lo, hi = record[key]
+        return f"{lo:g}{unit}" if lo == hi else f"{lo:g}-{hi:g}{unit}"
+
+    axes = ",".join(record.get("axes") or [])
+    if record.get("mode") == "stochastic":
+        contrast = "none" if tuple(record["contrast"]) == (1.0, 1.0) else span("contrast")
+        text = f"stochastic: SNR {span('snr')}, thickness {span('thickness_scale', '×')}, contrast {contrast}"
+    else:
+        contrast = record.get("contrast") or [1.0]
+        fwhm = record.get("thickness_fwhm_hq_voxels")
+        text = (f"fixed: SNR {record.get('snr', 0):g}" + (f", slice FWHM {fwhm:g} voxels" if fwhm else "")
+                + (", contrast none" if all(c == 1.0 for c in contrast)
+                   else ", contrast " + "/".join(f"{c:g}" for c in contrast)))
+    return text + (f"; axes {axes}" if axes else "")
+
+
 def render_report(results: dict) -> str:
     """The Markdown report (README.md of the results folder)."""
     records = results["records"]
@@ -796,13 +819,16 @@ def render_report(results: dict) -> str:
              "inside the brain mask.")
     r = results["training_ranges"]
     L.append(f"- Training data of the shipped models: `{results['training_dataset']}` (ICBM 2009c T1 "
-             f"template), simulated with SNR {r['snr'][0]:g}-{r['snr'][1]:g}, slice thickness "
-             f"{r['thickness_scale'][0]:g}-{r['thickness_scale'][1]:g}× the factor, tissue contrast factors "
-             f"{r['contrast'][0]:g}-{r['contrast'][1]:g}. The study only loads models; it trains nothing.")
+             f"template), LQ simulated along i, j and k; the simulation each model was trained with is in the "
+             f"table below (the library's default training ranges: SNR {r['snr'][0]:g}-{r['snr'][1]:g}, slice "
+             f"thickness {r['thickness_scale'][0]:g}-{r['thickness_scale'][1]:g}× the factor, tissue contrast "
+             f"factors {r['contrast'][0]:g}-{r['contrast'][1]:g}; a case is \"in the training ranges\" when it "
+             "lies inside these). The study only loads models; it trains nothing.")
     L.append(f"- Training mean intensity (normalised units, used by the regression-to-the-mean measure): "
              f"{results['mu_train']:.3f}.\n")
-    rows = [[f"`{m['name']}`", m["label"], m["model"], m.get("training_data") or "-"] for m in results["methods"]]
-    L.append(_table(["method", "name", "model", "trained on"], rows))
+    rows = [[f"`{m['name']}`", m["label"], m["model"], m.get("training_data") or "-",
+             describe_training_simulation(m.get("training_simulation"))] for m in results["methods"]]
+    L.append(_table(["method", "name", "model", "trained on", "training simulation"], rows))
     if results["missing"]:
         L.append("\nNot evaluated (missing):\n")
         for name, why in results["missing"].items():

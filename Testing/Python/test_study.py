@@ -182,6 +182,14 @@ def test_benchmark_smoke_run_reports_every_method_and_case(tmp_path):
     assert set(rows) == {f"`{m}`" for m in methods}
     for name in results["missing"]:
         assert f"- `{name}`:" in report
+    # each learned model's own training simulation is stated (they differ: SRep at a fixed SNR 20)
+    for m in results["methods"]:
+        if m["training_simulation"]:
+            line = next(l for l in report.splitlines() if l.startswith(f"| `{m['name']}` | {m['label']} |"))
+            assert study.describe_training_simulation(m["training_simulation"]) in line
+            sim = m["training_simulation"]
+            snr = f"{sim['snr']:g}" if sim["mode"] == "fixed" else f"{sim['snr'][0]:g}-{sim['snr'][1]:g}"
+            assert f"{'fixed' if sim['mode'] == 'fixed' else 'stochastic'}: SNR {snr}" in line
     if "linear" in methods:
         _, rows = _table_rows(report, "### Gain over linear regression")
         assert set(rows) == {f"`{m}`" for m in methods}
@@ -245,3 +253,15 @@ def test_claim_check_verdicts_follow_the_numbers():
     records[-1]["nrmse"] = 0.04  # dl's gain now rises 50 -> 60 (drop -10): within 0.5 points of srep's
     rows = {r["case"]: r for r in study.claim_checks(results)["rows"]}
     assert rows["ood2"]["b"] == "tie" and rows["ood2"]["a"] == "no"
+
+
+def test_training_simulation_is_described_from_the_record():
+    stochastic = {"mode": "stochastic", "snr": [10.0, 40.0], "thickness_scale": [0.8, 1.2], "contrast": [1.0, 1.0],
+                  "axes": ["i", "j", "k"]}
+    assert study.describe_training_simulation(stochastic) == (
+        "stochastic: SNR 10-40, thickness 0.8-1.2×, contrast none; axes i,j,k")
+    fixed = {"mode": "fixed", "snr": 20.0, "contrast": [0.6, 1.0, 1.4], "thickness_fwhm_hq_voxels": 4.0,
+             "axes": ["k"]}
+    assert study.describe_training_simulation(fixed) == (
+        "fixed: SNR 20, slice FWHM 4 voxels, contrast 0.6/1/1.4; axes k")
+    assert study.describe_training_simulation(None) == "-"
