@@ -5,8 +5,11 @@ Design measured on our task (../shared/notes/methods.md, 2 CPU cores, 10 min of 
 3 levels on the LQ grid, two 3×3×3 convolutions per level with LeakyReLU and no normalisation,
 pooling (1, 2, 2) only (a thick-slice patch is only ~8 slices deep: never pool along it), nearest
 up-sampling, concatenated skips, and a head predicting the *residual* over the linear up-sampling
-of the input.  With 16 base filters that gave Colin27 NRMSE 0.0478 (DL) and 0.0487 (DDL) against
-0.0802 for trilinear interpolation.
+of the input.  With 16 base filters the prototype there reported Colin27 NRMSE 0.0478 (DL) and 0.0487
+(DDL) against 0.0805 for trilinear interpolation.  This implementation does not reach that on 1 CPU
+thread (Colin27 ×4 SNR 20, trilinear 0.0777): DL 0.0584 (20 min, shipped), 0.0577 (15 min, k-only
+fixed SNR 20 training like the prototype's); DDL 0.0637 and 0.0630.  DDL's validation loss stalls at
+≈0.69× the interpolation's whatever the body or tail (see DeepDictionaryNet), where DL's drops to 0.43-0.54×.
 
 * :class:`UNet3D` (IQT-DL, after Lin et al. 2023): the head gives ``f`` channels per LQ voxel, one
   per HQ sub-slice, rearranged onto the HQ grid (a 1-D "pixel shuffle" along the thick axis).
@@ -169,6 +172,10 @@ class DeepDictionaryNet(_PadInPlane):
         # real training (Adam 1e-3, 20 min on one CPU thread) the wide variant made no difference
         # (validation 0.694× vs 0.697× the interpolation's loss at ~1200 steps; Colin27 NRMSE 0.0642
         # vs 0.0637) and at 3e-3 it was unstable, so the defaults stay the measured SRDD-like ones.
+        # Neither body nor tail is what holds DDL back: 15-min runs (1 thread, validation loss ÷ the
+        # interpolation's at ~1200 steps) gave 0.703 with a plain U-Net body and a direct 1×1 head,
+        # 0.699 with UNet++ and a direct head, 0.685/0.689 with logits ×10 and atoms of std 0.1/0.3,
+        # against 0.69 for these defaults; 40 min gave 0.655 (Colin27 NRMSE unchanged, 0.0637).
         self.tail = nn.Sequential(nn.Conv3d(c, self.tail_width, 1), nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
                                   nn.Conv3d(self.tail_width, self.atoms, 1))
         # zero logits → uniform coefficients → output = up-sampling + mean atom (≈ 0) at the start
