@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import InputError, IQTError, ModelError
-from .files import write_text_atomic
+from .files import PARTIAL_MARK, write_json_atomic, write_text_atomic
 from .volume import SUPPORTED_SUFFIXES
 
 DONE, SKIPPED, FAILED, CANCELLED = "done", "skipped", "failed", "cancelled"
@@ -275,10 +275,6 @@ def _json_safe(value):
     return value
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")
-
-
 def _read_sidecar(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
@@ -415,7 +411,7 @@ def _process(job: dict, settings: dict, row: dict) -> None:
             record.update(metrics=metrics, metrics_for=basis)
         except Exception as exc:  # noqa: BLE001 - the volume is done; only its metrics are missing
             row["error"] = f"metrics not computed: {exc if isinstance(exc, IQTError) else repr(exc)}"
-    _write_json_atomic(sidecar, record)
+    write_json_atomic(sidecar, _json_safe(record))
     row["status"] = DONE
 
 
@@ -433,7 +429,7 @@ def _skipped_metrics(job: dict, recorded: dict, output: Path, sidecar: Path, row
         metrics, basis = _metrics(read_volume(output), job)
         row.update(metrics)
         recorded.update(metrics=metrics, metrics_for=basis)
-        _write_json_atomic(sidecar, recorded)
+        write_json_atomic(sidecar, _json_safe(recorded))
     except (IQTError, OSError) as exc:
         row["error"] = f"metrics not computed: {exc}"
 
@@ -452,7 +448,7 @@ def partial_files(outdir) -> list:
     folder = Path(outdir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob(".*.partial-*") if p.is_file())
+    return sorted(p for p in folder.glob(f".*{PARTIAL_MARK}*") if p.is_file())
 
 
 # The README's examples of --cluster-config (tested in Testing/Python/test_batch.py).
@@ -989,12 +985,12 @@ def write_report(report: BatchReport) -> None:
     write_text_atomic(report.csv_path, buf.getvalue())
     settings = {k: v for k, v in report.settings.items() if k != "needs_torch"}
     cluster = {k: v for k, v in report.cluster.items() if k != "job_script"}
-    _write_json_atomic(report.json_path, {
+    write_json_atomic(report.json_path, _json_safe({
         "format": "iqtenhance-batch-report", "library_version": _library_version(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(report.seconds, 3), "counts": report.counts, "settings": settings,
         "cluster": cluster, "volumes": report.rows,
-    })
+    }))
 
 
 def _csv_cell(value):

@@ -60,12 +60,6 @@ def sidecar_path(path) -> Path:
     return base.with_name(base.name + ".json")
 
 
-def write_json(data, path) -> Path:
-    """Atomic JSON write (temporary name, then rename). Infinite PSNR is written as ``Infinity``,
-    which Python's json module reads back as ``inf``."""
-    return write_json_atomic(path, data)
-
-
 def check_output_path(path, inputs=(), kind: str = "volume") -> Path:
     """Fail before any work when an output cannot be written or would overwrite an input."""
     path = Path(path)
@@ -97,7 +91,7 @@ class Outputs:
 
     def json(self, data, path) -> Path:
         check_cancel()
-        write_json(data, path)
+        write_json_atomic(path, data)
         self.written.append(Path(path))
         return Path(path)
 

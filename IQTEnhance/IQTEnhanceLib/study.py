@@ -32,8 +32,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import CancelledError, InputError, ModelError
-from .grid import crop_to_whole_slabs
 from .files import atomic_path, write_json_atomic, write_text_atomic
+from .grid import crop_to_whole_slabs
 from .metrics import evaluate_arrays
 from .normalize import intensity_scale
 from .progress import as_reporter
@@ -774,7 +774,9 @@ def describe_training_simulation(record: Optional[dict]) -> str:
     else:
         contrast = record.get("contrast") or [1.0]
         fwhm = record.get("thickness_fwhm_hq_voxels")
-        text = (f"fixed: SNR {record.get('snr', 0):g}" + (f", slice FWHM {fwhm:g} voxels" if fwhm else "")
+        snr = record.get("snr")
+        text = ("fixed: " + (f"SNR {snr:g}" if snr is not None else "no noise")
+                + (f", slice FWHM {fwhm:g} voxels" if fwhm else "")
                 + (", contrast none" if all(c == 1.0 for c in contrast)
                    else ", contrast " + "/".join(f"{c:g}" for c in contrast)))
     return text + (f"; axes {axes}" if axes else "")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .files import atomic_path
+from .files import PARTIAL_MARK, atomic_path
 
 AXIS_LETTERS = ("i", "j", "k")
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -256,7 +256,7 @@ def write_volume(volume: Volume, path, *, dtype=np.float32, overwrite: bool = Tr
         import shutil
         import tempfile
 
-        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL_MARK}", dir=path.parent))
         try:
             sitk.WriteImage(image, str(folder / path.name), useCompression=compress)
             written = sorted(folder.iterdir(), key=lambda p: p.name == path.name)

@@ -264,4 +264,6 @@ def test_training_simulation_is_described_from_the_record():
              "axes": ["k"]}
     assert study.describe_training_simulation(fixed) == (
         "fixed: SNR 20, slice FWHM 4 voxels, contrast 0.6/1/1.4; axes k")
+    assert study.describe_training_simulation(dict(fixed, snr=None, contrast=[1.0, 1.0, 1.0])) == (
+        "fixed: no noise, slice FWHM 4 voxels, contrast none; axes k")
     assert study.describe_training_simulation(None) == "-"
