@@ -107,6 +107,62 @@ def spacing_warnings(lq: Volume, model: Optional[ModelFile], factor: int, axis: 
     return out
 
 
+def available_memory() -> Optional[int]:
+    """Bytes this process may still allocate: the smallest of the system's available memory
+    (``MemAvailable``), the cgroup limit minus its usage (containers, SLURM jobs) and
+    ``$IQT_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix).  None where none can be read."""
+    import os
+
+    found = []
+    limit = os.environ.get("IQT_MEMORY_LIMIT", "").strip()
+    if limit:
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+        try:
+            found.append(int(float(limit[:-1]) * units[limit[-1].upper()]) if limit[-1].upper() in units
+                         else int(float(limit)))
+        except ValueError:
+            raise InputError(f"IQT_MEMORY_LIMIT={limit!r} is not a size such as 8G or 8589934592") from None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            cap = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if cap != "max":
+            found.append(max(int(cap) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def estimate_memory(lq_shape, method: str, factor: int) -> int:
+    """Peak bytes of one :func:`enhance` call beyond the input volume: the method's measured cost per
+    HQ output voxel plus its fixed cost (``MethodSpec.memory``)."""
+    per_voxel, fixed = get_method(method).memory
+    hq_voxels = int(np.prod([int(n) for n in lq_shape], dtype=np.int64)) * int(factor)
+    return int(per_voxel * hq_voxels + fixed)
+
+
+def check_memory(lq: Volume, method: str, factor: int) -> int:
+    """Refuse up front, with the estimate, a run that would not fit in the available memory (a
+    ``MemoryError`` or the kernel's OOM killer half-way through helps no one).  Returns the estimate."""
+    need = estimate_memory(lq.array.shape, method, factor)
+    have = available_memory()
+    if have is not None and need > have:
+        raise InputError(
+            f"enhancing this {'×'.join(map(str, lq.size_ijk))} volume ×{factor} with {method} needs about "
+            f"{need / 2**30:.1f} GiB of memory but {have / 2**30:.1f} GiB is available; crop or split the "
+            "volume, use a method with a smaller footprint (e.g. trilinear), or free memory")
+    return need
+
+
 def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None,
             device: str = "auto", progress=None, cancel=None, **options) -> EnhanceResult:
     """Enhance ``lq`` onto its HQ grid (``factor`` × finer along the thick ``axis``).
@@ -128,7 +184,10 @@ def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, a
     if unknown:
         raise InputError(f"method {method} has no option(s) {', '.join(sorted(unknown))}")
     opts = {o.name: options.get(o.name, o.default) for o in spec.options}
+    memory = check_memory(lq, method, factor)
     notes = spacing_warnings(lq, model, factor, axis)
+    if not spec.needs_torch and str(device or "auto").lower() not in ("auto", "cpu"):
+        notes.append(f"{method} always runs on the CPU (it does not use PyTorch); device {device} was ignored")
     for note in notes:
         warnings.warn(note, stacklevel=2)
     ax = array_axis(axis)
@@ -148,7 +207,7 @@ def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, a
         "method": method, "label": spec.label, "factor": factor, "axis": axis, "device": device_name,
         "model": model.name if model else None, "model_sha256": model.checksum if model else None,
         "options": opts, "intensity_scale": scale, "seconds": time.perf_counter() - started,
-        "warnings": notes,
+        "warnings": notes, "memory_estimate_bytes": memory,
     }
     return EnhanceResult(make(hq), extras, info)
 

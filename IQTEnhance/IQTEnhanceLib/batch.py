@@ -43,7 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from .errors import InputError, IQTError, ModelError
+from .errors import InputError, IQTError, ModelError, require_module
 from .files import PARTIAL_MARK, write_json_atomic, write_text_atomic
 from .volume import SUPPORTED_SUFFIXES
 
@@ -57,6 +57,10 @@ CLUSTER_KINDS = ("slurm", "pbs", "sge")
 # A worker holds the model, one LQ volume, the HQ output (factor × larger) and the method's
 # working copies; 2 GiB per worker is enough for a 1 mm whole brain with every method we ship.
 MEMORY_PER_WORKER = 2 * 1024 ** 3
+DASK_INSTALL = "pip install 'dask[distributed]'"
+# Dask's dashboard has no authentication and its pages show input file names: loopback only unless
+# the user opens it with --dashboard-address.
+DEFAULT_DASHBOARD = "127.0.0.1:8787"
 
 
 # -- inputs and output names ----------------------------------------------------------------
@@ -373,7 +377,7 @@ def _process(job: dict, settings: dict, row: dict) -> None:
 
     if not settings.get("force") and output.exists():
         recorded = _read_sidecar(sidecar)
-        if recorded is not None and recorded.get("provenance") == key:
+        if recorded is not None and recorded.get("provenance") == key and _output_unchanged(output, recorded):
             row.update(status=SKIPPED, device=recorded.get("device"))
             if job.get("reference"):
                 _skipped_metrics(job, recorded, output, sidecar, row)
@@ -400,6 +404,7 @@ def _process(job: dict, settings: dict, row: dict) -> None:
     write_volume(result.volume, output)
 
     record = {"provenance": key, "input": job["input"], "output": output.name, "extras": extras,
+              "output_bytes": output.stat().st_size, "output_sha256": file_checksum(output),
               "device": row["device"], "seconds": result.info["seconds"],
               "info": result.info, "worker": row["worker"], "model_path": model_path,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -413,6 +418,17 @@ def _process(job: dict, settings: dict, row: dict) -> None:
             row["error"] = f"metrics not computed: {exc if isinstance(exc, IQTError) else repr(exc)}"
     write_json_atomic(sidecar, _json_safe(record))
     row["status"] = DONE
+
+
+def _output_unchanged(output: Path, recorded: dict) -> bool:
+    """The output's bytes are those its sidecar vouches for (size first: it costs nothing)."""
+    from .models import file_checksum
+
+    try:
+        return (recorded.get("output_bytes") == output.stat().st_size
+                and recorded.get("output_sha256") == file_checksum(output))
+    except OSError:
+        return False
 
 
 def _skipped_metrics(job: dict, recorded: dict, output: Path, sidecar: Path, row: dict) -> None:
@@ -581,12 +597,13 @@ def read_cluster_config(path) -> dict:
 
 
 def make_jobqueue_cluster(kind: str, config: dict, workers: Optional[int] = None,
-                          threads: Optional[int] = None, scale: bool = True) -> tuple:
+                          threads: Optional[int] = None, scale: bool = True,
+                          dashboard: str = DEFAULT_DASHBOARD) -> tuple:
     """Start a dask-jobqueue cluster. Returns (cluster, torch threads per volume).
 
     Each worker process runs one volume at a time (``--nthreads 1``) with T = cores / processes
     torch/BLAS threads (or ``threads``), exported in the job script before Python starts."""
-    import dask_jobqueue
+    dask_jobqueue = require_module("dask_jobqueue", f"--cluster {kind}", "pip install dask-jobqueue")
 
     kind = kind.lower()
     if kind not in CLUSTER_KINDS:
@@ -603,6 +620,7 @@ def make_jobqueue_cluster(kind: str, config: dict, workers: Optional[int] = None
     config["processes"] = processes
     threads = int(threads or max(1, cores // processes))
     config["worker_extra_args"] = list(config.get("worker_extra_args") or []) + ["--nthreads", "1"]
+    config["scheduler_options"] = {"dashboard_address": dashboard, **dict(config.get("scheduler_options") or {})}
     config["job_script_prologue"] = list(config.get("job_script_prologue") or []) + [
         f"export {k}={v}" for k, v in _thread_env(threads).items()]
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
@@ -746,7 +764,7 @@ def run_batch(inputs, outdir, method: str, *, model=None, factor=None, axis=None
               cluster: Optional[str] = None, cluster_config=None, workers: Optional[int] = None,
               threads_per_worker: Optional[int] = None, retries: int = 2, force: bool = False,
               save_extras: bool = False, suffix: str = ".nii.gz", progress=True, cancel=None,
-              log=print) -> BatchReport:
+              log=print, dashboard: str = DEFAULT_DASHBOARD) -> BatchReport:
     """Enhance every volume of INPUTS into OUTDIR (see the module docstring); returns the report.
 
     ``client``: an existing ``distributed.Client`` (its workers are used as they are);
@@ -757,8 +775,14 @@ def run_batch(inputs, outdir, method: str, *, model=None, factor=None, axis=None
     running scheduler keeps its own ``distributed.scheduler.allowed-failures``).
     ``progress``: True for a tqdm bar on stderr, a ``progress(fraction, message)`` callable called
     as volumes complete, or None.  ``cancel()``: polled while waiting; when it returns True the
-    volumes not finished are cancelled and reported ``cancelled`` (a rerun does them)."""
+    volumes not finished are cancelled and reported ``cancelled`` (a rerun does them).
+    ``dashboard``: where a cluster this call starts serves Dask's dashboard (loopback by default:
+    it has no authentication)."""
     started = time.perf_counter()
+    if client is None:
+        require_module("distributed", "iqt-enhance batch", DASK_INSTALL)
+    if cluster:
+        require_module("dask_jobqueue", f"--cluster {cluster}", "pip install dask-jobqueue")
     outdir = Path(outdir).expanduser().resolve()
     given = [x for x in (client, scheduler, cluster) if x]
     if len(given) > 1:
@@ -774,6 +798,7 @@ def run_batch(inputs, outdir, method: str, *, model=None, factor=None, axis=None
     settings = resolve_settings(method, model=model, factor=factor, axis=axis, device=device, options=options,
                                 threads=threads_per_worker, force=force, save_extras=save_extras,
                                 require_model=any(not r.get("model") for r in rows_in))
+    settings["dashboard"] = dashboard
     _checksum_row_models(jobs, settings)
     outdir.mkdir(parents=True, exist_ok=True)
     with _OutdirLock(outdir):
@@ -826,6 +851,7 @@ def _needs_model(method: str) -> bool:
 
 def _open_client(client, scheduler, cluster, cluster_config, workers, threads, retries, settings, log):
     """(client, what to close afterwards or None, description)."""
+    require_module("distributed", "iqt-enhance batch", DASK_INSTALL)
     import dask
     from distributed import Client
 
@@ -845,7 +871,8 @@ def _open_client(client, scheduler, cluster, cluster_config, workers, threads, r
     elif cluster:
         config = read_cluster_config(cluster_config)
         with dask.config.set({"distributed.scheduler.allowed-failures": int(retries)}):
-            jq, threads = make_jobqueue_cluster(cluster, config, workers, threads)
+            jq, threads = make_jobqueue_cluster(cluster, config, workers, threads,
+                                                dashboard=settings.get("dashboard") or DEFAULT_DASHBOARD)
         settings["threads"] = threads
         client = Client(jq)
         info = {"kind": cluster, "threads_per_volume": threads, "job_script": jq.job_script()}
@@ -860,7 +887,7 @@ def _open_client(client, scheduler, cluster, cluster_config, workers, threads, r
         if n * threads > available_cores():
             log(f"warning: {n} workers × {threads} threads exceed the {available_cores()} cores of this machine")
         settings["threads"] = threads
-        lc = start_local_cluster(n, threads, retries)
+        lc = start_local_cluster(n, threads, retries, settings.get("dashboard") or DEFAULT_DASHBOARD)
         client = Client(lc)
         info = {"kind": "local", "workers": n, "threads_per_volume": threads}
         log(f"Local Dask cluster: {n} worker process(es), each one volume at a time with {threads} thread(s)")
@@ -873,7 +900,7 @@ def _open_client(client, scheduler, cluster, cluster_config, workers, threads, r
     return client, None, info
 
 
-def start_local_cluster(workers: int, threads: int, retries: int = 2, dashboard: str = ":8787"):
+def start_local_cluster(workers: int, threads: int, retries: int = 2, dashboard: str = DEFAULT_DASHBOARD):
     """The LocalCluster of the command: ``workers`` processes on the loopback interface, each running
     one volume at a time (one Dask thread) with ``threads`` BLAS/OpenMP/torch threads.
 
@@ -920,7 +947,7 @@ def _run_tasks(client, jobs: list, settings: dict, progress, cancel) -> list:
     from distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
-    task_settings = {k: v for k, v in settings.items() if k != "needs_torch"}
+    task_settings = {k: v for k, v in settings.items() if k not in ("needs_torch", "dashboard")}
     futures = {}
     for index, job in enumerate(jobs):
         future = client.submit(process_volume, dataclasses.asdict(job), task_settings,
@@ -1039,6 +1066,10 @@ def register(subparsers) -> None:
     g.add_argument("--cluster", choices=CLUSTER_KINDS, help="start workers as batch jobs through dask-jobqueue")
     g.add_argument("--cluster-config", metavar="FILE",
                    help="YAML with the dask-jobqueue settings of --cluster (see the README)")
+    g.add_argument("--dashboard-address", default=DEFAULT_DASHBOARD, metavar="HOST:PORT",
+                   help="where a cluster this command starts serves Dask's dashboard; it has no authentication "
+                        "and shows file names, so it listens on this machine only unless you open it "
+                        "(e.g. 0.0.0.0:8787)")
     g.add_argument("--retries", type=int, default=2,
                    help="how many worker deaths one volume survives before it is reported failed")
     o = p.add_argument_group("outputs")
@@ -1114,7 +1145,8 @@ def cmd_batch(args) -> int:
         device=args.device, options=options, scheduler=args.scheduler, cluster=args.cluster,
         cluster_config=args.cluster_config, workers=args.workers, threads_per_worker=args.threads_per_worker,
         retries=args.retries, force=args.force, save_extras=args.save_extras, suffix=args.suffix,
-        progress=not args.quiet, cancel=cancel_requested, log=lambda m: print(m, flush=True))
+        progress=not args.quiet, cancel=cancel_requested, log=lambda m: print(m, flush=True),
+        dashboard=args.dashboard_address)
     c = report.counts
     print(f"{len(report.rows)} volume(s) in {report.seconds:.1f} s: {c[DONE]} done, {c[SKIPPED]} skipped "
           f"(unchanged), {c[FAILED]} failed{f', {c[CANCELLED]} cancelled' if c[CANCELLED] else ''}; "

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import dataclasses
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -61,19 +62,83 @@ def sidecar_path(path) -> Path:
 
 
 def check_output_path(path, inputs=(), kind: str = "volume") -> Path:
-    """Fail before any work when an output cannot be written or would overwrite an input."""
-    path = Path(path)
-    if kind == "volume" and not any(path.name.lower().endswith(s) for s in SUPPORTED_SUFFIXES):
-        raise InputError(f"{path}: unsupported output type; use one of {', '.join(SUPPORTED_SUFFIXES)}")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a file name")
-    for source in inputs:
-        if source is None:
+    """One output file (see :func:`check_outputs`); ``inputs`` are volume files."""
+    check_outputs([("output", path, kind)], [("input", p, "volume") for p in inputs if p is not None])
+    return Path(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        with contextlib.suppress(OSError):
+            return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(outputs, inputs=()) -> None:
+    """Fail before any work when an output cannot be written or would replace an input byte.
+
+    ``outputs``: (role, path, kind) with kind ``volume`` (a detached header also writes its ``.raw``
+    file), ``table``, ``model`` or ``sidecar``; ``inputs``: (role, path, kind) with kind ``volume``
+    (its detached data file and its JSON sidecar are protected too) or ``file``.  Checked: the type of
+    each output, that no output file is an input file, that no two outputs are one file, and that
+    every output folder is writable (probed with a temporary file).  Stale temporary files of earlier
+    killed writes of these outputs are removed.
+    """
+    from .fileformats import volume_files, written_files
+    from .files import remove_stale_partials
+
+    protected = []
+    for role, path, kind in inputs:
+        if path is None:
             continue
-        source = Path(source)
-        if source.exists() and path.exists() and os.path.samefile(source, path):
-            raise InputError(f"{path}: is an input file; refusing to overwrite it")
-    return path
+        path = Path(path)
+        files = volume_files(path) if kind == "volume" else [path]
+        protected += [(f, f"the {role} {path}" if f == path else f"{f.name}, part of the {role} {path}")
+                      for f in files]
+        if kind == "volume":
+            protected.append((sidecar_path(path), f"the JSON sidecar of the {role} {path}"))
+    planned = []
+    for role, path, kind in outputs:
+        if path is None:
+            continue
+        path = Path(path)
+        if kind == "volume" and not any(path.name.lower().endswith(s) for s in SUPPORTED_SUFFIXES):
+            raise InputError(f"{path}: unsupported output type; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, expected a file name")
+        for f in (written_files(path) if kind == "volume" else [path]):
+            for g, what in protected:
+                if _same_file(f, g):
+                    whose = f"{role} {path}" + (f" (its file {f.name})" if f != path else "")
+                    raise InputError(f"refusing to overwrite {what}: {whose} would replace it; choose another "
+                                     "output name")
+            for other_role, g in planned:
+                if _same_file(f, g):
+                    raise InputError(f"{role} and {other_role} would both write {f}; give them different names")
+            planned.append((role, f))
+    for _, f in planned:
+        _check_writable_folder(f)
+    for _, f in planned:
+        remove_stale_partials(f)
+
+
+def _check_writable_folder(path: Path) -> None:
+    """The nearest existing folder above ``path`` accepts a new file (a probe created and removed)."""
+    import tempfile
+
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: cannot be created: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".iqt-write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{path}: the folder {folder} is not writable ({exc.strerror or exc})") from None
 
 
 class Outputs:
@@ -304,7 +369,9 @@ def cmd_simulate(args) -> int:
     from . import __version__
     from .simulate import ParameterRanges, SimulationParameters, sample_parameters, simulate
 
-    out = check_output_path(args.lq, inputs=[args.hq, args.mask])
+    out = Path(args.lq)
+    check_outputs([("LQ", out, "volume"), ("LQ's sidecar", sidecar_path(out), "sidecar")],
+                  [("HQ", args.hq, "volume"), ("--mask", args.mask, "volume")])
     hq = read_volume(args.hq)
     mask = _read_mask(args.mask, hq) if args.mask else None
     if args.stochastic:
@@ -358,9 +425,11 @@ def cmd_enhance(args) -> int:
 
     spec = get_method(args.method)
     options = collect_method_options(args, spec.options, args.method)
-    out = check_output_path(args.out, inputs=[args.lq, args.model])
+    out = Path(args.out)
+    check_outputs([("OUT", out, "volume"), ("OUT's sidecar", sidecar_path(out), "sidecar"),
+                   ("--trust-map", args.trust_map, "volume")],
+                  [("input", args.lq, "volume"), ("--model", args.model, "file")])
     if args.trust_map:
-        check_output_path(args.trust_map, inputs=[args.lq, args.model])
         if "trust" not in spec.extras:
             raise InputError(f"method {args.method} makes no trust map; --trust-map works with "
                              "methods that do (see --help)")
@@ -414,9 +483,9 @@ def _metrics_csv(rows: list, columns=("name", "output", "nrmse", "psnr", "ssim",
 def cmd_evaluate(args) -> int:
     from .metrics import evaluate
 
-    for path in (args.json, args.csv):
-        if path is not None:
-            check_output_path(path, inputs=[*args.outputs, args.reference, args.mask], kind="table")
+    check_outputs([("--json", args.json, "table"), ("--csv", args.csv, "table")],
+                  [("output", p, "volume") for p in args.outputs]
+                  + [("HQ", args.reference, "volume"), ("--mask", args.mask, "volume")])
     reference = read_volume(args.reference)
     mask = _read_mask(args.mask, reference) if args.mask else None
     rows = []
@@ -467,7 +536,9 @@ def cmd_train(args) -> int:
     if spec.train is None:
         raise InputError(f"method {args.method} is not trained (it needs no model)")
     options = collect_method_options(args, spec.train_options, args.method)
-    out = check_output_path(args.out, inputs=list(args.hq or []), kind="model")
+    out = Path(args.out)
+    check_outputs([("--out", out, "model")], [("--hq", p, "volume") for p in (args.hq or [])]
+                  + [("--mask", p, "volume") for p in (args.mask or [])])
     volumes, masks, names = _load_training_data(args)
     progress = progress_for(args, f"training {args.method}")
     started = time.perf_counter()
@@ -624,6 +695,11 @@ def cmd_demo(args) -> int:
         info(args, f"note: skipping {name}: {reason}")
     if not methods:
         raise InputError("no method can run")
+    written = [("hq.nii.gz", "volume"), ("mask.nii.gz", "volume"), ("lq.nii.gz", "volume"), ("lq.json", "table"),
+               ("metrics.csv", "table"), ("metrics.json", "table"), ("slices.png", "table")]
+    check_outputs([(name, out_dir / name, kind) for name, kind in written]
+                  + [(f"{m}.nii.gz", out_dir / f"{m}.nii.gz", "volume") for m in methods],
+                  [("--input", args.input, "volume"), ("--mask", args.mask, "volume")])
 
     params = SimulationParameters(factor=args.factor, axis=args.axis, snr=args.snr, seed=args.seed)
     progress = progress_for(args, "demo")
@@ -671,11 +747,17 @@ def cmd_demo(args) -> int:
     near_c, ref_c, ref_slices = overlap(near, hq)
     mask_c = (mask.array[ref_slices] > 0) if mask is not None else (ref_c != 0)
     check_cancel()
-    _demo_figure(out_dir / "slices.png", ref_c.astype(np.float32), mask_c, near_c, arrays, results,
-                 array_axis(params.axis),
-                 f"{source}: x{params.factor} thick slices along {params.axis}, SNR {params.snr}")
-    outputs.add(out_dir / "slices.png")
-    info(args, f"wrote {len(outputs.written)} files to {out_dir} (slices.png, metrics.csv, metrics.json, "
+    figure = "slices.png, "
+    if importlib.util.find_spec("matplotlib") is None:
+        figure = ""
+        info(args, "note: no figure (slices.png): matplotlib is not installed; install it with: "
+                   "pip install matplotlib")
+    else:
+        _demo_figure(out_dir / "slices.png", ref_c.astype(np.float32), mask_c, near_c, arrays, results,
+                     array_axis(params.axis),
+                     f"{source}: x{params.factor} thick slices along {params.axis}, SNR {params.snr}")
+        outputs.add(out_dir / "slices.png")
+    info(args, f"wrote {len(outputs.written)} files to {out_dir} ({figure}metrics.csv, metrics.json, "
                f"NIfTI volumes) in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -922,6 +1004,13 @@ def _register_extra_commands(subparsers) -> None:
             register(subparsers)
 
 
+def _os_error_line(exc: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x'`` → ``x: no space left on device``."""
+    if exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror[0].lower()}{exc.strerror[1:]}"
+    return " ".join(str(exc).split())
+
+
 # -- entry point --------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     """Run the CLI; returns the exit code (the console script passes it to sys.exit)."""
@@ -952,7 +1041,11 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except OSError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; crop or split the volume, use a method with a smaller "
+              "footprint, or free memory (no output written)", file=sys.stderr)
         return 1
     except Exception:
         traceback.print_exc()

@@ -16,3 +16,19 @@ class ModelError(IQTError, ValueError):
 
 class CancelledError(IQTError):
     """Raised inside long calls when the caller's cancel check returns True."""
+
+
+class MissingDependencyError(InputError):
+    """An optional package that this feature needs is not installed; the message gives the command."""
+
+
+def require_module(module: str, feature: str, install: str):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming ``feature`` and the exact
+    ``install`` command (optional packages must never end in a traceback)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(f"{feature} needs the Python package {module.split('.')[0]}, which is not "
+                                     f"installed; install it with: {install}") from None

@@ -1,9 +1,12 @@
 """Writing files safely, in one place: atomic replacement and JSON for the engine's numbers.
 
 Every file the engine writes (volumes, model files, sidecars, reports, checkpoints) first goes to a
-hidden temporary name beside its destination, ``.NAME.partial-PID-THREAD[SUFFIX]``, and is renamed
-over the destination only when complete, so a cancelled, failed or killed run never leaves half a file
-under the real name. ``batch`` removes such leftovers by that pattern.
+hidden temporary name beside its destination, ``.NAME.partial-PID-THREAD[SUFFIX]`` (a folder
+``.NAME.partial-PID-XXXX`` for multi-file volumes), and is renamed over the destination only when
+complete, so a cancelled, failed or killed run never leaves half a file under the real name.  A process
+killed outright (SIGKILL, power loss) leaves its temporary behind: :func:`remove_stale_partials` deletes
+those of a destination whose writing process no longer runs (``enhance`` calls it for its outputs,
+``batch`` for its folder).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -23,6 +29,58 @@ def partial_name(path, suffix: str = "") -> Path:
     """The temporary name :func:`atomic_path` uses for ``path`` (unique per process and thread)."""
     path = Path(path)
     return path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}-{threading.get_ident()}{suffix}")
+
+
+def partial_folder(path) -> Path:
+    """A new temporary folder beside ``path`` for writes that produce several files at once."""
+    path = Path(path)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL_MARK}{os.getpid()}-", dir=path.parent))
+
+
+_PARTIAL_PID = re.compile(re.escape(PARTIAL_MARK) + r"(\d+)-")
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_partials(path) -> list:
+    """Temporary files and folders of earlier writes of ``path`` whose process has ended."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return []
+    stale = []
+    for item in folder.glob(f".{glob_escape(path.name)}{PARTIAL_MARK}*"):
+        match = _PARTIAL_PID.search(item.name[len(path.name) + 1:])
+        if match is None or not _pid_running(int(match.group(1))):
+            stale.append(item)
+    return sorted(stale)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def remove_stale_partials(path) -> list:
+    """Delete :func:`stale_partials` of ``path``; returns what was removed."""
+    removed = []
+    for item in stale_partials(path):
+        with contextlib.suppress(OSError):
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+            removed.append(item)
+    return removed
 
 
 @contextlib.contextmanager

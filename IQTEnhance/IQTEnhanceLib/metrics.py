@@ -98,8 +98,12 @@ def evaluate_arrays(output, reference, mask=None) -> dict:
 def overlap(output: Volume, reference: Volume, tol: float = 1e-3) -> tuple:
     """Crop both volumes to their common physical extent; returns (output array, reference array,
     (ref_slices)) so that masks on the reference grid can be cropped the same way."""
-    if not (np.allclose(output.spacing, reference.spacing, atol=tol) and
-            np.allclose(output.direction, reference.direction, atol=tol)):
+    if not np.allclose(output.direction, reference.direction, atol=tol):
+        raise InputError(
+            f"the output's axis directions {np.round(output.direction, 4).tolist()} differ from the reference's "
+            f"{np.round(reference.direction, 4).tolist()} (direction cosines, LPS); resample one onto the other first"
+        )
+    if not np.allclose(output.spacing, reference.spacing, atol=tol):
         raise InputError(
             f"the output grid (spacing {np.round(output.spacing, 4).tolist()}) does not match the reference "
             f"grid (spacing {np.round(reference.spacing, 4).tolist()}); resample one onto the other first"

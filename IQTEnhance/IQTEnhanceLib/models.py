@@ -106,37 +106,110 @@ def save_model(path, model: ModelFile) -> Path:
     return path
 
 
+# A model file is read whole into memory, so its members' expanded size is bounded before reading:
+# the shipped models expand to < 10 MB; a crafted 1.6 MB file could otherwise expand to gigabytes.
+MAX_EXPANDED_BYTES = 512 << 20
+MAX_EXPANSION_RATIO = 200      # expanded / stored, checked for members above 16 MB
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _check_sizes(infos, where: str, what: str) -> None:
+    total = 0
+    for info in infos:
+        total += info.file_size
+        if info.file_size > 16 << 20 and info.file_size > MAX_EXPANSION_RATIO * max(info.compress_size, 1):
+            raise ModelError(f"{where}: {what} {info.filename} would expand {info.file_size // max(info.compress_size, 1)}"
+                             f"× to {info.file_size / 2**20:.0f} MB; refusing a file built to exhaust memory")
+    if total > MAX_EXPANDED_BYTES:
+        raise ModelError(f"{where}: {what}s expand to {total / 2**20:.0f} MB, more than the "
+                         f"{MAX_EXPANDED_BYTES >> 20} MB a model may hold; the file is corrupt or not a model")
+
+
+def _validate_manifest(manifest, where: str) -> dict:
+    """Every field the loader uses, with its type, or one :class:`ModelError` sentence."""
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{where}: the model manifest is not a JSON object; the file is corrupt")
+    if manifest.get("format") != FORMAT:
+        raise ModelError(f"{where}: not an IQTEnhance model file")
+    version = manifest.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ModelError(f"{where}: the manifest's format_version {version!r} is not an integer; the file is corrupt")
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{where}: model format {version} is newer than this IQTEnhance ({FORMAT_VERSION}); "
+                         "update IQTEnhance")
+    for key in ("method", "name", "factor", "members"):
+        if key not in manifest:
+            raise ModelError(f"{where}: the model manifest lacks {key!r}; the file is corrupt")
+    for key in ("method", "name"):
+        if not isinstance(manifest[key], str) or not manifest[key]:
+            raise ModelError(f"{where}: the manifest's {key} {manifest[key]!r} is not a name; the file is corrupt")
+    factor = manifest["factor"]
+    if isinstance(factor, bool) or not isinstance(factor, int) or not 2 <= factor <= 16:
+        raise ModelError(f"{where}: the manifest's factor {factor!r} is not an integer from 2 to 16; "
+                         "the file is corrupt")
+    members = manifest["members"]
+    if not isinstance(members, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) == 64 and set(v) <= _SHA256_HEX
+            for k, v in members.items()):
+        raise ModelError(f"{where}: the manifest's members are not a map of names to SHA-256 digests; "
+                         "the file is corrupt")
+    if "arrays.npz" not in members:
+        raise ModelError(f"{where}: the model lacks its arrays (arrays.npz); the file is corrupt")
+    for key in ("params", "training"):
+        if not isinstance(manifest.get(key, {}), dict):
+            raise ModelError(f"{where}: the manifest's {key} is not a JSON object; the file is corrupt")
+    return manifest
+
+
+def _read_arrays(data: bytes, where: str) -> dict:
+    """The numeric arrays of ``arrays.npz`` (no pickles, no object arrays, bounded size)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as npz_zip:
+            _check_sizes(npz_zip.infolist(), where, "array")
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ModelError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, TypeError) as exc:
+        raise ModelError(f"{where}: arrays.npz is not a numpy archive of plain arrays ({_first_line(exc)})") from None
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise ModelError(f"{where}: the array {name} holds {array.dtype} values, not numbers; the file is corrupt")
+    return arrays
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def load_model(path) -> ModelFile:
+    """Read and verify a model file; any fault is one :class:`ModelError` sentence."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such model file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, expected a model file (.iqtm)")
+    where = path.name
     try:
         with zipfile.ZipFile(path) as z:
-            manifest = json.loads(z.read("manifest.json"))
-            if manifest.get("format") != FORMAT:
-                raise ModelError(f"{path.name}: not an IQTEnhance model file")
-            if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-                raise ModelError(
-                    f"{path.name}: model format {manifest['format_version']} is newer than this IQTEnhance "
-                    f"({FORMAT_VERSION}); update IQTEnhance"
-                )
-            for key in ("method", "name", "factor", "members"):
-                if key not in manifest:
-                    raise ModelError(f"{path.name}: the model manifest lacks {key!r}; the file is corrupt")
+            _check_sizes(z.infolist(), where, "member")
+            manifest = _validate_manifest(json.loads(z.read("manifest.json")), where)
             members = {}
             for name, digest in manifest["members"].items():
                 data = z.read(name)
                 if _sha256(data) != digest:
-                    raise ModelError(f"{path.name}: member {name} fails its checksum; the file is corrupt")
+                    raise ModelError(f"{where}: member {name} fails its checksum; the file is corrupt")
                 members[name] = data
     except ModelError:
         raise
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError, EOFError) as exc:
-        raise ModelError(f"{path.name}: corrupt or not an IQTEnhance model file ({exc})") from None
-    with np.load(io.BytesIO(members.pop("arrays.npz")), allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    except KeyError as exc:
+        raise ModelError(f"{where}: the file lacks the member {exc}; it is corrupt or not an IQTEnhance model") from None
+    except (zipfile.BadZipFile, ValueError, TypeError, AttributeError, OSError, EOFError, RuntimeError) as exc:
+        raise ModelError(f"{where}: corrupt or not an IQTEnhance model file ({_first_line(exc)})") from None
+    arrays = _read_arrays(members.pop("arrays.npz"), where)
     return ModelFile(
-        method=manifest["method"], name=manifest["name"], factor=int(manifest["factor"]),
+        method=manifest["method"], name=manifest["name"], factor=manifest["factor"],
         params=manifest.get("params", {}), arrays=arrays, blobs=members,
         training=manifest.get("training", {}), path=path, checksum=file_checksum(path),
     )

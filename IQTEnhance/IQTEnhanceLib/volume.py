@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import fileformats
 from .errors import InputError
-from .files import PARTIAL_MARK, atomic_path
+from .files import atomic_path, partial_folder
 
 AXIS_LETTERS = ("i", "j", "k")
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -162,6 +163,9 @@ def read_volume(path, *, allow_label_map: bool = False, check_finite: bool = Tru
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a volume file")
+    # ITK zero-fills a truncated NIfTI and reads a 0 pixdim as 1 mm without an error: checked first
+    fileformats.check_complete(path)
+    fileformats.check_nifti_geometry(path)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -254,11 +258,10 @@ def write_volume(volume: Volume, path, *, dtype=np.float32, overwrite: bool = Tr
         # A detached header names its data file, so both are written under their final names in a
         # temporary folder beside the target and moved into place, data first, header last.
         import shutil
-        import tempfile
 
-        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL_MARK}", dir=path.parent))
+        folder = partial_folder(path)
         try:
-            sitk.WriteImage(image, str(folder / path.name), useCompression=compress)
+            _write(sitk, image, folder / path.name, compress, path)
             written = sorted(folder.iterdir(), key=lambda p: p.name == path.name)
             for item in written:
                 os.replace(item, path.parent / item.name)
@@ -267,5 +270,14 @@ def write_volume(volume: Volume, path, *, dtype=np.float32, overwrite: bool = Tr
         return path
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     with atomic_path(path, suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        _write(sitk, image, tmp, compress, path)
     return path
+
+
+def _write(sitk, image, target: Path, compress: bool, final: Path) -> None:
+    """ITK reports a failed write (full disk, no permission) as a RuntimeError with a long trace:
+    one OSError sentence instead."""
+    try:
+        sitk.WriteImage(image, str(target), useCompression=compress)
+    except RuntimeError as exc:
+        raise OSError(f"{final}: could not write the volume ({_first_line(exc)})") from None

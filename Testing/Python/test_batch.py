@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -484,3 +485,66 @@ def test_one_batch_per_output_folder(tmp_path):
     (tmp_path / batch.LOCK_NAME).write_text(json.dumps({"host": os.uname().nodename, "pid": 2 ** 22 + 7}))
     with batch._OutdirLock(tmp_path):
         pass
+
+
+# -- reliability: truncated inputs, changed outputs, dashboard, missing packages ---------------------
+def test_truncated_input_fails_its_row_and_an_output_whose_bytes_changed_is_redone(cohort, client, tmp_path,
+                                                                                   capsys):
+    folder = tmp_path / "lq"
+    folder.mkdir()
+    good = Path(cohort["good"][0]["input"])
+    shutil.copy(good, folder / good.name)
+    data = good.read_bytes()
+    (folder / "cut.nii.gz").write_bytes(data[: len(data) * 3 // 4])
+    out = tmp_path / "out"
+    args = ["batch", str(folder), str(out), "--method", "trilinear", "--scheduler", client.scheduler.address, "-q"]
+    assert cli_main(args) == batch.EXIT_SOME_FAILED
+    err = capsys.readouterr().err
+    assert "cut" in err and "truncated" in err
+    rows = {r["name"]: r for r in csv.DictReader((out / "batch.csv").open())}
+    assert rows["cut"]["status"] == "failed" and "truncated" in rows["cut"]["error"]
+    assert not (out / "cut_trilinear.nii.gz").exists()
+
+    output = out / f"{good.name[:-len('.nii.gz')]}_trilinear.nii.gz"
+    sidecar = json.loads(output.with_name(output.name[:-len(".nii.gz")] + ".json").read_text())
+    assert sidecar["output_sha256"] == file_checksum(output) and sidecar["output_bytes"] == output.stat().st_size
+    expected = output.read_bytes()
+    damaged = bytearray(expected)
+    damaged[len(damaged) // 2] ^= 0xFF            # same size, other bytes
+    output.write_bytes(bytes(damaged))
+    (folder / "cut.nii.gz").unlink()
+    assert cli_main(args) == 0
+    assert "1 done" in capsys.readouterr().out     # redone, not skipped
+    assert output.read_bytes() == expected
+    assert cli_main(args) == 0
+    assert "1 skipped" in capsys.readouterr().out  # and now trusted again
+
+
+def test_the_dashboard_listens_on_loopback_only_by_default():
+    psutil = pytest.importorskip("psutil")
+    cluster = batch.start_local_cluster(1, 1)
+    try:
+        port = cluster.scheduler.http_server.port
+        listening = [c.laddr.ip for c in psutil.Process().net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert listening and set(listening) <= {"127.0.0.1"}, listening
+    finally:
+        cluster.close()
+
+
+@pytest.mark.parametrize("missing, extra, install", [
+    ("distributed", [], "pip install 'dask[distributed]'"),
+    ("dask_jobqueue", ["--cluster", "slurm", "--cluster-config", "cluster.yaml"], "pip install dask-jobqueue"),
+], ids=["batch-without-dask", "slurm-without-jobqueue"])
+def test_missing_optional_package_is_one_line_with_the_install_command(cohort, tmp_path, capsys, monkeypatch,
+                                                                       missing, extra, install):
+    (tmp_path / "cluster.yaml").write_text("cores: 2\nmemory: 4GB\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, missing, None)
+    folder = Path(cohort["good"][0]["input"]).parent
+    code = cli_main(["batch", str(folder), str(tmp_path / "out"), "--method", "trilinear", "-q", *extra])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert install in lines[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

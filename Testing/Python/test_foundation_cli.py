@@ -365,3 +365,14 @@ def test_train_and_models_commands(files, fake_methods, capsys):
     assert code == 0 and "shipped models" in out
     for name in METHOD_MODULES:
         assert name in out
+
+
+def test_demo_without_matplotlib_still_writes_volumes_and_metrics(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out_dir = tmp_path / "demo"
+    code, out, err = run(capsys, "demo", "--data", "fixture", "--out", out_dir, "--methods", "nearest",
+                         "trilinear", "-q")
+    assert code == 0, err
+    assert "pip install matplotlib" in out
+    assert not (out_dir / "slices.png").exists()
+    assert (out_dir / "metrics.csv").exists() and (out_dir / "trilinear.nii.gz").exists()

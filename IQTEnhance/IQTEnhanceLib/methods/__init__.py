@@ -44,6 +44,9 @@ class MethodSpec:
     train: Optional[Callable] = None
     train_options: tuple = ()
     extras: tuple = ()  # names of the extra maps the method can make
+    # Peak memory of one enhance call: (bytes per HQ output voxel, fixed bytes), from measured peak
+    # RSS on Colin27 at two sizes with ~30% margin and the output's write copy; see api.estimate_memory.
+    memory: tuple = (24, 0)
 
 
 # name -> module (relative to this package); order = order shown to users

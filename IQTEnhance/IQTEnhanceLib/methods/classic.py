@@ -549,10 +549,10 @@ SPECS = {
         name="linear", label="Linear regression (IQT)",
         description="classic IQT: ridge regression from the interpolated LQ patch to the HQ residual patch",
         enhance=enhance_linear, needs_model=True, options=LINEAR_ENHANCE_OPTIONS,
-        train=train_linear, train_options=LINEAR_TRAIN_OPTIONS),
+        train=train_linear, train_options=LINEAR_TRAIN_OPTIONS, memory=(40, 64 << 20)),
     "forest": MethodSpec(
         name="forest", label="Regression forest (IQT)",
         description="classic IQT: ridge regression plus a regression forest that corrects its residual patch",
         enhance=enhance_forest, needs_model=True, options=FOREST_ENHANCE_OPTIONS,
-        train=train_forest, train_options=FOREST_TRAIN_OPTIONS),
+        train=train_forest, train_options=FOREST_TRAIN_OPTIONS, memory=(36, 96 << 20)),
 }

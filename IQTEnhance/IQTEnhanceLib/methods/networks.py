@@ -114,12 +114,12 @@ SPECS = {
         name="dl", label="IQT-DL (U-Net)",
         description="supervised baseline: anisotropic 3-D U-Net regressing the HQ volume (Lin et al. 2023)",
         enhance=_make_enhance("dl"), needs_model=True, needs_torch=True, options=ENHANCE_OPTIONS,
-        train=_make_train("dl"), train_options=_COMMON_TRAIN),
+        train=_make_train("dl"), train_options=_COMMON_TRAIN, memory=(68, 128 << 20)),
     "ddl": MethodSpec(
         name="ddl", label="IQT-DDL (deep dictionary)",
         description="UNet++ predicting per-voxel softmax coefficients over a learned HQ dictionary (SRDD)",
         enhance=_make_enhance("ddl"), needs_model=True, needs_torch=True, options=ENHANCE_OPTIONS,
-        train=_make_train("ddl"), train_options=_COMMON_TRAIN + _DDL_TRAIN),
+        train=_make_train("ddl"), train_options=_COMMON_TRAIN + _DDL_TRAIN, memory=(68, 512 << 20)),
 }
 
 

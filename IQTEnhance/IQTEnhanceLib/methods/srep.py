@@ -387,5 +387,5 @@ SPEC = MethodSpec(
     description="coupled sparse representations: each LQ patch is coded on an LQ dictionary (lasso) and "
                 "rebuilt with the coupled HQ dictionary; optional trust map of the coding residual",
     enhance=enhance, needs_model=True, needs_torch=True, options=ENHANCE_OPTIONS,
-    train=train, train_options=TRAIN_OPTIONS, extras=("trust",),
+    train=train, train_options=TRAIN_OPTIONS, extras=("trust",), memory=(32, 256 << 20),
 )
