@@ -50,8 +50,9 @@ ENHANCE_OPTIONS = (
     MethodOption("stride_inplane", int, 2,
                  "in-plane step between patches in LQ voxels (1: every position, slower, slightly better)"),
     MethodOption("stride_thick", int, 1, "step between patches along the thick axis in LQ voxels"),
-    MethodOption("solver", str, "auto", "lasso solver: auto picks per device (GPU: fista; CPU: spams when installed, else fista)",
-                 sparse.SOLVERS),
+    MethodOption("solver", str, "auto",
+                 "lasso solver: auto = homotopy (exact, torch, CPU and GPU); fista (approximate); spams "
+                 "(needs the spams-bin package)", sparse.SOLVERS),
     MethodOption("batch_size", int, 8192, "patches coded at a time (memory; progress and cancel between batches)"),
     MethodOption("max_iter", int, 500, "iteration cap of the FISTA solver"),
     MethodOption("tol", float, 1e-4, "FISTA stops when a code's largest change is below tol × its largest value"),
