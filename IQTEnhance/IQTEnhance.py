@@ -34,7 +34,7 @@ except ImportError:  # Slicer < 5.4
 from IQTEnhanceLib.devices import DEVICES
 from IQTEnhanceLib.errors import CancelledError, IQTError
 from IQTEnhanceLib.methods import get_method
-from IQTEnhanceSlicer import deps, panel
+from IQTEnhanceSlicer import deps, panel, worker
 from IQTEnhanceSlicer.logic import EnhanceLogic
 from IQTEnhanceSlicer.panel import ProcessingState
 from IQTEnhanceSlicer.tasks import BASELINE_METHOD
@@ -165,6 +165,7 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGui = False
         self._state = ProcessingState.IDLE
         self._run = None                  # the IQTEnhanceLogic.AsyncHandle in flight
+        self._install = None              # the deps.InstallJob in flight
         self._loadedModelPaths = []
         self.lastOutputs = []             # outputs of the last finished run (for the self-test)
 
@@ -196,6 +197,12 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
         self.setState(ProcessingState.IDLE)
+        try:
+            # a worker process imports the engine (and torch, if installed) now, in its own process, so
+            # that the first Apply starts at once; this process imports no torch for it
+            worker.prestart()
+        except Exception:  # noqa: BLE001 - an optimisation: Apply starts a worker anyway
+            logging.warning("IQTEnhance: could not start the worker process ahead of time:\n" + traceback.format_exc())
 
     def _fillMethodComboBox(self) -> None:
         combo = self.ui.methodComboBox
@@ -428,6 +435,10 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- actions ---------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
+        if self._state is ProcessingState.INSTALLING:
+            self.addLog(_("Cancelling the installation…"))
+            self._install.cancel()
+            return
         if self._state is ProcessingState.RUNNING:
             self.setState(ProcessingState.CANCELLING, self._run.lastUpdate if self._run else None)
             self.addLog(_("Cancelling…"))
@@ -443,19 +454,72 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.inputVolume, method=p.method, model=p.modelPath or None, device=p.device, outputNode=p.outputVolume,
             trustMap=p.trustMap and bool(self._entry(p.method).extras), **callbacks, **options),
             _("Enhancing '{name}' with {label}").format(name=p.inputVolume.GetName(),
-                                                         label=self._entry(p.method).label))
+                                                         label=self._entry(p.method).label), [p.method])
 
     def onCompareButton(self) -> None:
         p = self._parameterNode
         methods = [m for m in p.compareMethods.split(",") if m]
         self._start(lambda **callbacks: self.logic.compareAsync(p.inputVolume, methods, device=p.device, **callbacks),
                     _("Comparing {methods} on '{name}'").format(methods=", ".join([BASELINE_METHOD] + methods),
-                                                                  name=p.inputVolume.GetName()))
+                                                                  name=p.inputVolume.GetName()),
+                    methods + [BASELINE_METHOD])
 
-    def _start(self, starter, message: str) -> None:
+    def _start(self, starter, message: str, methods) -> None:
+        """Apply/Compare: install missing packages first (after the user confirms, in a pip process
+        with progress and Cancel), then start the run."""
         self.setState(ProcessingState.STARTING)
         self.addLog(message)
-        slicer.app.processEvents()
+        try:
+            needsTorch = any(get_method(m).needs_torch for m in methods)
+            missing = [] if self.pytorchExtensionHandlesTorch(needsTorch) else deps.missing_packages(needsTorch)
+            self._install = deps.start_install(
+                missing, lambda title, text: slicer.util.confirmOkCancelDisplay(text, title))
+        except (IQTError, deps.DependencyError) as exc:
+            self._onError(str(exc), traceback.format_exc())
+            return
+        if self._install is None:
+            self._launch(starter)
+            return
+        self.addLog(_("Installing {packages}…").format(packages=", ".join(self._install.requirements)))
+        self.setState(ProcessingState.INSTALLING)
+        modules = [m.module for m in missing]
+        timer = qt.QTimer(self.parent)   # parented: released with the panel even if never stopped
+        timer.setInterval(POLL_INTERVAL_MS)
+
+        def poll():
+            line = self._install.poll()
+            if line:
+                self.ui.progressBar.setFormat(line[:120])
+            if not self._install.finished:
+                return
+            timer.stop()
+            timer.disconnect("timeout()", poll)
+            timer.deleteLater()
+            job, self._install = self._install, None
+            try:
+                deps.finish_install(job, modules)
+            except deps.DependencyError as exc:
+                if job.cancelled:
+                    self.setState(ProcessingState.CANCELLED)
+                    self.addLog(_("Installation cancelled; nothing was changed by IQTEnhance."))
+                else:
+                    self._onError(str(exc), job.output() if hasattr(job, "output") else "")
+                return
+            self.addLog(_("Installed {packages}.").format(packages=", ".join(job.requirements)))
+            self._fillDeviceComboBox()   # the GPU item may have become available
+            self._launch(starter)
+
+        timer.connect("timeout()", poll)
+        timer.start()
+
+    def pytorchExtensionHandlesTorch(self, needsTorch: bool) -> bool:
+        """With the PyTorch extension installed, its installer (which picks the wheel for the GPU
+        driver) installs torch, through the Logic's confirmation, when the run starts."""
+        if not needsTorch or deps.module_available("torch"):
+            return False
+        return deps.module_available("PyTorchUtils")
+
+    def _launch(self, starter) -> None:
         try:
             with slicer.util.WaitCursor():
                 self._run = starter(onProgress=self._onProgress, onFinished=self._onFinished,
@@ -520,7 +584,10 @@ class AsyncHandle:
             logging.error(traceback.format_exc())
             more = False
         if not more:
+            # release the timer and its connection to this handle: a finished run holds no Qt object
             self.timer.stop()
+            self.timer.disconnect("timeout()", self._pump)
+            self.timer.deleteLater()
 
     def _track(self, update) -> None:
         self.lastUpdate = update
@@ -607,11 +674,11 @@ class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
     def enhanceAsync(self, inputNode, method: str = "srep", model=None, device: str = "auto", outputNode=None,
                      trustMap: bool = False, onProgress=None, onFinished=None, onError=None, onCancelled=None,
                      **options) -> AsyncHandle:
-        """Start in a background thread and return at once; a QTimer polls it on the main thread.
+        """Start in a worker process and return at once; a QTimer polls it on the main thread.
 
         ``onProgress(update)`` (update.fraction, .message, .remaining seconds), ``onFinished(outputs)``
         (``outputs[i].node``, ``.extra_nodes``, ``.info``), ``onError(message, details)``,
-        ``onCancelled()`` are called on the main thread.  ``handle.cancel()`` stops at the next batch
+        ``onCancelled()`` are called on the main thread.  ``handle.cancel()`` ends the worker at once
         and leaves the scene unchanged.  Input errors raise here, before any thread starts.
         """
         self.ensureDependencies([method])
@@ -784,6 +851,24 @@ class IQTEnhanceTest(ScriptedLoadableModuleTest):
         self.assertFalse(np.allclose(result, nearest), "the result differs from the input's slices")
         self.assertEqual(outputNode.GetDisplayNode().GetWindow(), inputNode.GetDisplayNode().GetWindow())
 
+    def _waitThroughEventLoop(self, condition, timeoutSeconds: float = 900.0) -> None:
+        """Wait in Qt's own event loop, as Slicer runs for a user (C++ holding the GIL between timer
+        callbacks), not in a Python loop calling processEvents, which would hand the GIL around."""
+        loop = qt.QEventLoop()
+        check = qt.QTimer()
+        check.setInterval(50)
+        check.connect("timeout()", lambda: loop.quit() if condition() else None)
+        deadline = qt.QTimer()
+        deadline.setSingleShot(True)
+        deadline.connect("timeout()", loop.quit)
+        check.start()
+        deadline.start(int(timeoutSeconds * 1000))
+        if not condition():
+            loop.exec_()
+        check.stop()
+        deadline.stop()
+        self.assertTrue(condition(), f"still waiting after {timeoutSeconds:.0f} s")
+
     def _runnableMethods(self):
         return [e.name for e in panel.method_entries() if e.ready and e.name != "nearest"]
 
@@ -801,8 +886,7 @@ class IQTEnhanceTest(ScriptedLoadableModuleTest):
             self._checkOutput(inputNode, out)
             self.delayDisplay(f"  {method} (background)")
             handle = logic.enhanceAsync(inputNode, method=method)
-            while not handle.done:
-                slicer.app.processEvents()  # the GUI keeps running while the worker computes
+            self._waitThroughEventLoop(lambda: handle.done)  # the GUI keeps running while the worker computes
             self.assertEqual(handle.state.value, "done")
             self._checkOutput(inputNode, handle.outputs[0].node)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(inputNode), before)
@@ -820,8 +904,7 @@ class IQTEnhanceTest(ScriptedLoadableModuleTest):
         cancelled = []
         handle = logic.enhanceAsync(inputNode, method="bspline", onCancelled=lambda: cancelled.append(True))
         handle.cancel()
-        while not handle.done:
-            slicer.app.processEvents()
+        self._waitThroughEventLoop(lambda: handle.done)
         self.assertEqual(cancelled, [True])
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         with self.assertRaises(CancelledError):
@@ -844,8 +927,8 @@ class IQTEnhanceTest(ScriptedLoadableModuleTest):
             self.assertTrue(widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip)
             widget.ui.applyButton.click()
             self.assertEqual(widget.ui.applyButton.text, "Cancel")
-            while widget._state not in (ProcessingState.COMPLETED, ProcessingState.FAILED):
-                slicer.app.processEvents()
+            self._waitThroughEventLoop(
+                lambda: widget._state in (ProcessingState.COMPLETED, ProcessingState.FAILED))
             self.assertEqual(widget._state, ProcessingState.COMPLETED, widget.ui.logTextEdit.toPlainText())
             self.assertEqual(widget.ui.applyButton.text, "Apply")
             self._checkOutput(inputNode, widget.lastOutputs[0].node)

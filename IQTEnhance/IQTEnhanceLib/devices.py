@@ -35,6 +35,16 @@ def cuda_unavailable_reason() -> str:
     return ""
 
 
+def check_device_name(device: str | None) -> str:
+    """The device name normalised (auto, cpu or cuda) without probing the GPU (no torch import)."""
+    d = (device or "auto").lower()
+    if d == "gpu" or d.startswith("cuda:"):
+        d = "cuda"
+    if d not in DEVICES:
+        raise InputError(f"device must be one of auto, cpu, cuda (got {device!r})")
+    return d
+
+
 def resolve_device(device: str | None) -> str:
     """'auto' → 'cuda' when available else 'cpu'; 'gpu' is an alias of 'cuda'."""
     d = (device or "auto").lower()

@@ -284,7 +284,7 @@ def _path(c, cache, lam, cap, dtype):
             STEP_LOG.append((step, len(index), int(join.sum()), int(leave.sum()), int(stop.sum()), width))
         finished = stop if step < max_steps else torch.ones_like(stop)
         n_done = int(finished.sum())
-        if n_done and (n_done * 8 >= len(index) or n_done == len(index) or step == max_steps):
+        if n_done and (n_done * 16 >= len(index) or n_done == len(index) or step == max_steps):
             rows = torch.nonzero(finished).squeeze(1)
             chunks.append((index[rows], slots[rows], signs[rows], beta[rows], Minv[rows]))
             keep_rows = ~finished

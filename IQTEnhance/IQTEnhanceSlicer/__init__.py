@@ -6,8 +6,10 @@ Qt panel, the QTimer that polls background jobs and the view layout.
 
 - :mod:`.mrml`     volume node <-> engine :class:`~IQTEnhanceLib.volume.Volume` (LPS <-> RAS, oblique
                    IJKToRAS), output node creation with the input's window/level.
-- :mod:`.runner`   a background worker thread with a progress queue, cooperative cancel and a
-                   one-time result hand-off (pure ``threading``).
+- :mod:`.worker`   the engine in a worker process (files for progress and results, Cancel kills it,
+                   a warm worker reused between runs): Slicer's event loop cannot starve it.
+- :mod:`.runner`   the same job interface in a background thread (``backend="thread"``) with a
+                   progress queue, cooperative cancel and a one-time result hand-off.
 - :mod:`.tasks`    enhancement and comparison as main-thread prepare / worker run / main-thread finish.
 - :mod:`.logic`    the console API (blocking ``enhance``, non-blocking ``start_enhance``, ``compare``).
 - :mod:`.panel`    what the panel shows, derived from the method registry: option fields, state table.

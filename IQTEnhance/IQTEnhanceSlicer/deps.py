@@ -140,3 +140,136 @@ def slicer_pip_install(requirements: str, constraints_path: str) -> None:
         slicer.util.pip_install(requirements, constraints=constraints_path)
     except TypeError:
         slicer.util.pip_install([requirements, "-c", constraints_path])
+
+
+class InstallJob:
+    """``pip install`` in a child process, so that a multi-GB download never freezes Slicer's GUI:
+    its output goes to a file that :meth:`poll` reads without blocking (the last line is the
+    progress message), :meth:`cancel` ends it at once, and the constraints file pinning Slicer's own
+    packages is kept for the whole install.  ``extra_args`` (e.g. ``--target DIR`` in tests) go to pip."""
+
+    def __init__(self, requirements, constraints_path: Optional[str] = None, python: Optional[str] = None,
+                 extra_args=(), env: Optional[dict] = None):
+        from .worker import worker_python
+
+        self.requirements = [requirements] if isinstance(requirements, str) else list(requirements)
+        self.constraints_path = constraints_path
+        self.python = python or worker_python()
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.process = None
+        self.log_path = None
+        self.returncode: Optional[int] = None
+        self.cancelled = False
+        self._offset = 0
+        self.last_line = ""
+
+    def command(self) -> list:
+        command = [self.python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+        if self.constraints_path:
+            command += ["-c", self.constraints_path]
+        return command + self.extra_args + self.requirements
+
+    def start(self) -> "InstallJob":
+        import subprocess
+
+        fd, self.log_path = tempfile.mkstemp(prefix="iqtenhance-pip-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def poll(self) -> Optional[str]:
+        """The newest complete output line since the last call (None if none); never blocks."""
+        line = None
+        if self.log_path and os.path.exists(self.log_path):
+            with open(self.log_path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            end = data.rfind(b"\n")
+            if end >= 0:
+                self._offset += end + 1
+                lines = [t.strip() for t in data[:end].decode("utf-8", "replace").splitlines() if t.strip()]
+                if lines:
+                    line = self.last_line = lines[-1]
+        if self.process is not None and self.returncode is None:
+            self.returncode = self.process.poll()
+        return line
+
+    @property
+    def finished(self) -> bool:
+        self.poll()
+        return self.returncode is not None or self.cancelled
+
+    @property
+    def succeeded(self) -> bool:
+        return self.finished and self.returncode == 0 and not self.cancelled
+
+    def output(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-20000:]
+        except (OSError, TypeError):
+            return ""
+
+    def error_message(self) -> str:
+        if self.cancelled:
+            return "the installation was cancelled"
+        if self.returncode in (None, 0):
+            return ""
+        return f"pip could not install {', '.join(self.requirements)} (exit code {self.returncode}): {self.last_line}"
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.returncode = self.process.returncode if self.process is not None else None
+
+    def close(self) -> None:
+        """Remove the log file (after the caller has shown or saved what it needs)."""
+        if self.log_path:
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
+            self.log_path = None
+
+
+def start_install(missing: list, confirm: Callable[[str, str], bool], python: Optional[str] = None,
+                  extra_args=()) -> Optional[InstallJob]:
+    """After the user confirms, start installing ``missing`` (from :func:`missing_packages`) in a
+    child process; returns the job, or None when nothing is missing.  Declined: raises
+    :class:`DependencyError` and changes nothing.  The constraints file lives until
+    :func:`finish_install`."""
+    if not missing:
+        return None
+    broken = [m.module for m in missing if m.shipped_with_slicer]
+    if broken:
+        raise DependencyError(
+            f"{', '.join(broken)} should come with Slicer but cannot be imported; IQTEnhance does not "
+            "reinstall Slicer's own packages: reinstall Slicer")
+    if not confirm("Install Python packages", install_message(missing)):
+        raise DependencyError("not installed: " + ", ".join(m.requirement for m in missing)
+                              + " (the installation was declined)")
+    return InstallJob([m.requirement for m in missing], write_constraints(), python=python,
+                      extra_args=extra_args).start()
+
+
+def finish_install(job: InstallJob, modules=()) -> None:
+    """Clean up after an :class:`InstallJob`; raise :class:`DependencyError` when it failed, was
+    cancelled, or did not make ``modules`` importable."""
+    try:
+        if not job.succeeded:
+            raise DependencyError(job.error_message() or "the installation did not finish")
+        importlib.invalidate_caches()
+        missing = [m for m in modules if not module_available(m)]
+        if missing:
+            raise DependencyError(f"{', '.join(missing)} installed but cannot be imported; restart Slicer")
+    finally:
+        if job.constraints_path:
+            try:
+                os.unlink(job.constraints_path)
+            except OSError:
+                pass
+        job.close()

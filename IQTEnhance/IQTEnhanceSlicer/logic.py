@@ -13,9 +13,18 @@ from .runner import BackgroundJob, JobState, ProgressUpdate
 from .tasks import BASELINE_METHOD, EnhanceRequest, EnhanceTask, compare_requests
 
 
+BACKENDS = ("process", "thread")
+
+
 class AsyncRun:
-    """A task running in a :class:`BackgroundJob`; :meth:`pump` (main thread, e.g. from a QTimer)
-    forwards progress and, once the worker is done, makes the output nodes and calls back.
+    """A task running in the background; :meth:`pump` (main thread, e.g. from a QTimer) forwards
+    progress and, once the work is done, makes the output nodes and calls back.
+
+    ``backend``: ``"process"`` (default) runs the engine in a worker process
+    (:class:`~.worker.ProcessJob`): full speed whatever Slicer's event loop does with the GIL, and
+    Cancel ends it at once.  ``"thread"`` runs it in a thread of this process
+    (:class:`~.runner.BackgroundJob`; cancel at the next patch batch).  ``worker_env``: extra
+    environment variables of the worker process.
 
     Callbacks, all on the thread that calls :meth:`pump`:
     ``on_progress(ProgressUpdate)``, ``on_finished(list[EnhanceOutput])``,
@@ -23,13 +32,22 @@ class AsyncRun:
     """
 
     def __init__(self, task: EnhanceTask, *, on_progress=None, on_finished=None, on_error=None,
-                 on_cancelled=None, name: str = "IQTEnhance"):
+                 on_cancelled=None, name: str = "IQTEnhance", backend: str = "process",
+                 worker_env: Optional[dict] = None):
         self.task = task
         self.on_progress = on_progress
         self.on_finished = on_finished
         self.on_error = on_error
         self.on_cancelled = on_cancelled
-        self.job = BackgroundJob(task.run, name=name)
+        if backend == "process":
+            from .worker import ProcessJob
+
+            self.job = ProcessJob(task, name=name, env=worker_env)
+        elif backend == "thread":
+            self.job = BackgroundJob(task.run, name=name)
+        else:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+        self.backend = backend
         self.outputs: Optional[list] = None
         self.error_message = ""
         self.error_details = ""
@@ -143,23 +161,27 @@ class EnhanceLogic:
     # -- non-blocking ---------------------------------------------------------------------------
     def start_enhance(self, input_node, method: str = "srep", model=None, device: str = "auto",
                       output_node=None, *, extras: bool = False, factor=None, axis=None, on_progress=None,
-                      on_finished=None, on_error=None, on_cancelled=None, **options) -> AsyncRun:
-        """Start in a worker thread; call :meth:`AsyncRun.pump` on the main thread until it returns False.
+                      on_finished=None, on_error=None, on_cancelled=None, backend: str = "process",
+                      worker_env: Optional[dict] = None, **options) -> AsyncRun:
+        """Start in a worker process (``backend="thread"``: a thread); call :meth:`AsyncRun.pump` on
+        the main thread until it returns False.
 
-        Input errors are raised here, synchronously, before any thread starts.
+        Input errors are raised here, synchronously, before anything starts.
         """
         request = self.request(method, model, device, extras=extras, factor=factor, axis=axis, **options)
         task = EnhanceTask(self.scene, input_node, [request], output_node)
         return AsyncRun(task, on_progress=on_progress, on_finished=on_finished, on_error=on_error,
-                        on_cancelled=on_cancelled, name=f"IQTEnhance {method}").start()
+                        on_cancelled=on_cancelled, name=f"IQTEnhance {method}", backend=backend,
+                        worker_env=worker_env).start()
 
     def start_compare(self, input_node, methods, *, device: str = "auto", models=None, options=None,
                       baseline: str = BASELINE_METHOD, on_progress=None, on_finished=None, on_error=None,
-                      on_cancelled=None) -> AsyncRun:
+                      on_cancelled=None, backend: str = "process", worker_env: Optional[dict] = None) -> AsyncRun:
         task = EnhanceTask(self.scene, input_node, compare_requests(methods, device=device, models=models,
                                                                      options=options, baseline=baseline))
         return AsyncRun(task, on_progress=on_progress, on_finished=on_finished, on_error=on_error,
-                        on_cancelled=on_cancelled, name="IQTEnhance compare").start()
+                        on_cancelled=on_cancelled, name="IQTEnhance compare", backend=backend,
+                        worker_env=worker_env).start()
 
 
 __all__ = ["AsyncRun", "EnhanceLogic", "ProgressUpdate", "CancelledError"]

@@ -200,7 +200,24 @@ class DeviceEntry:
     tooltip: str
 
 
-def device_entries() -> list:
+def device_entries(probe: Optional[bool] = None) -> list:
+    """Auto / CPU / GPU.  Knowing whether the GPU works means importing torch (1.4 s with the CPU
+    build, more with CUDA builds), which must not happen when the panel opens: ``probe=None`` probes
+    only when torch is already imported; otherwise the GPU item stays available and the worker that
+    runs on Apply reports a missing GPU.  ``probe=True`` forces the probe (e.g. after an install)."""
+    import sys
+
+    if probe is None:
+        probe = "torch" in sys.modules
+    if not probe:
+        if not torch_installed():
+            why = "PyTorch is not installed (it is installed on first use, after you confirm)"
+            return [DeviceEntry("auto", "Auto", True, f"the GPU when PyTorch sees one, else the CPU (now: {why})"),
+                    DeviceEntry("cpu", "CPU", True, "run on the CPU"),
+                    DeviceEntry("cuda", "GPU", False, f"GPU unavailable: {why}")]
+        return [DeviceEntry("auto", "Auto", True, "the GPU when PyTorch sees one, else the CPU (checked on Apply)"),
+                DeviceEntry("cpu", "CPU", True, "run on the CPU"),
+                DeviceEntry("cuda", "GPU", True, "run on the CUDA GPU (checked on Apply)")]
     gpu = cuda_available()
     reason = "" if gpu else cuda_unavailable_reason()
     return [
@@ -215,6 +232,7 @@ def device_entries() -> list:
 class ProcessingState(str, enum.Enum):
     IDLE = "idle"
     STARTING = "starting"         # dependencies checked / input copied, worker not yet running
+    INSTALLING = "installing"     # pip installs missing packages in a child process
     RUNNING = "running"
     CANCELLING = "cancelling"
     IMPORTING = "importing"       # worker done, output nodes being made on the main thread
@@ -239,10 +257,12 @@ class StateView:
 STATE_TABLE = {
     ProcessingState.IDLE: StateView("Idle", "Apply", None, "Enhance the input volume", True, False, False),
     ProcessingState.STARTING: StateView("Starting", "Apply", False, "Preparing…", False, True, True),
-    ProcessingState.RUNNING: StateView("Enhancing", "Cancel", True, "Stop after the current batch of patches",
+    ProcessingState.INSTALLING: StateView("Installing Python packages", "Cancel", True,
+                                          "Stop the installation (nothing is changed)", False, True, True),
+    ProcessingState.RUNNING: StateView("Enhancing", "Cancel", True, "Stop now: the worker process is ended",
                                        False, True, True),
     ProcessingState.CANCELLING: StateView("Cancelling", "Cancelling…", False,
-                                          "Waiting for the current batch of patches to finish", False, True, True),
+                                          "Ending the worker process", False, True, True),
     ProcessingState.IMPORTING: StateView("Creating output volumes", "Apply", False, "Adding the result to the scene",
                                          False, True, True),
     ProcessingState.COMPLETED: StateView("Completed", "Apply", None, "Enhance the input volume", True, True, False),
@@ -274,6 +294,9 @@ def input_problems(input_node, method: str, model_path: str, device: str) -> lis
         return problems + [str(exc)]
     if spec.needs_model and not model_path and not shipped_models(method):
         problems.append(f"Load a {spec.label} model file (none is shipped).")
-    if device == "cuda" and not cuda_available():
+    import sys
+
+    # probing the GPU imports torch (seconds): only when it is imported already; else the worker checks
+    if device == "cuda" and "torch" in sys.modules and not cuda_available():
         problems.append(f"GPU unavailable: {cuda_unavailable_reason()}.")
     return problems

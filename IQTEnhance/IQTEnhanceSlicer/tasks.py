@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Optional
 
 from IQTEnhanceLib import api
-from IQTEnhanceLib.devices import resolve_device
+from IQTEnhanceLib.devices import check_device_name, resolve_device
 from IQTEnhanceLib.errors import InputError
 from IQTEnhanceLib.methods import get_method
 from IQTEnhanceLib.progress import Reporter, as_reporter
@@ -57,7 +58,10 @@ class EnhanceRequest:
         if self.extras and not spec.extras:
             raise InputError(f"method {self.method} makes no extra maps (such as a trust map)")
         if spec.needs_torch:
-            resolve_device(self.device)  # clear error now when CUDA was asked for and is missing
+            if "torch" in sys.modules:
+                resolve_device(self.device)  # clear error now when CUDA was asked for and is missing
+            else:   # probing the GPU imports torch (seconds): the worker does it, off the GUI thread
+                check_device_name(self.device)
         # Load the model here, once: a missing, corrupt or foreign file fails before any thread starts,
         # and the worker gets the loaded ModelFile instead of reading the file again.
         self.model = api.resolve_model(self.method, self.model)
@@ -121,33 +125,10 @@ class EnhanceTask:
                                  "not a scalar volume")
         self.output_node = output_node
 
-    # -- worker thread --------------------------------------------------------------------------
+    # -- worker thread or process ------------------------------------------------------------------
     def run(self, progress=None, cancel=None) -> list:
         """The engine work: a list of :class:`~IQTEnhanceLib.api.EnhanceResult`, one per request."""
-        n = len(self.requests)
-        prefix = [""]
-        if n > 1 and callable(progress) and not isinstance(progress, Reporter):
-            # a comparison: say which method the engine's messages ("enhanced 300/900 patches") are about
-            user_progress = progress
-
-            def progress(fraction, message):
-                text = message if message.startswith(prefix[0]) else f"{prefix[0]}{message}"
-                user_progress(fraction, text)
-
-        reporter = as_reporter(progress, cancel, stage="IQTEnhance")
-        results = []
-        for index, request in enumerate(self.requests):
-            label = get_method(request.method).label
-            stage = label if n == 1 else f"[{index + 1}/{n}] {label}"
-            prefix[0] = f"{stage}: " if n > 1 else ""
-            sub = reporter.sub(index / n, (index + 1) / n, stage)
-            sub(0.0, f"{stage}: starting", force=True)
-            result = api.enhance(self.input_volume, request.method, model=request.model, factor=request.factor,
-                                 axis=request.axis, device=request.device, progress=sub,
-                                 **request.engine_options())
-            results.append(result)
-        reporter(1.0, "done", force=True)
-        return results
+        return run_requests(self.input_volume, self.requests, progress, cancel)
 
     # -- main thread ----------------------------------------------------------------------------
     def finish(self, results) -> list:
@@ -181,6 +162,34 @@ class EnhanceTask:
                 mrml.remove_node(self.scene, node)
             raise
         return outputs
+
+
+def run_requests(volume: Volume, requests: list, progress=None, cancel=None) -> list:
+    """The engine work of a task, in any thread or in the worker process: one
+    :class:`~IQTEnhanceLib.api.EnhanceResult` per request, progress over the whole list."""
+    n = len(requests)
+    prefix = [""]
+    if n > 1 and callable(progress) and not isinstance(progress, Reporter):
+        # a comparison: say which method the engine's messages ("enhanced 300/900 patches") are about
+        user_progress = progress
+
+        def progress(fraction, message):
+            text = message if message.startswith(prefix[0]) else f"{prefix[0]}{message}"
+            user_progress(fraction, text)
+
+    reporter = as_reporter(progress, cancel, stage="IQTEnhance")
+    results = []
+    for index, request in enumerate(requests):
+        label = get_method(request.method).label
+        stage = label if n == 1 else f"[{index + 1}/{n}] {label}"
+        prefix[0] = f"{stage}: " if n > 1 else ""
+        sub = reporter.sub(index / n, (index + 1) / n, stage)
+        sub(0.0, f"{stage}: starting", force=True)
+        results.append(api.enhance(volume, request.method, model=request.model, factor=request.factor,
+                                   axis=request.axis, device=request.device, progress=sub,
+                                   **request.engine_options()))
+    reporter(1.0, "done", force=True)
+    return results
 
 
 def _record_provenance(node, input_name: str, info: dict) -> None:

@@ -48,9 +48,13 @@ def test_a_loaded_model_file_enhances_onto_the_hq_grid(colin, model_path, blocki
     trilinear = api.enhance(mrml.volume_from_node(node), "trilinear").volume.array
     assert result.shape == trilinear.shape and np.isfinite(result).all()
     assert not np.allclose(result, trilinear), "the model changes the trilinear estimate"
-    # what the glue hands over is exactly what the engine makes from the same volume and model
+    # what the glue hands over is what the engine makes from the same volume and model: bit for bit
+    # in this process; from the worker process up to float rounding (its BLAS may sum in another order)
     engine = api.enhance(mrml.volume_from_node(node), METHOD, model=model_path, device="cpu").volume
-    np.testing.assert_array_equal(result, engine.array)
+    if blocking:
+        np.testing.assert_array_equal(result, engine.array)
+    else:
+        np.testing.assert_allclose(result, engine.array, rtol=1e-6, atol=1e-6 * float(np.abs(engine.array).max()))
     np.testing.assert_allclose(ijk_to_ras(out)[:3, 3], mrml.ijk_to_ras(engine)[:3, 3], atol=1e-6)
 
 

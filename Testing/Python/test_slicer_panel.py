@@ -71,7 +71,7 @@ def test_model_entries_list_shipped_models_then_loaded_then_load_item(tmp_path):
 
 
 def test_gpu_item_is_disabled_with_the_reason_when_unavailable():
-    devices = {d.name: d for d in panel.device_entries()}
+    devices = {d.name: d for d in panel.device_entries(probe=True)}
     assert list(devices) == ["auto", "cpu", "cuda"] and devices["cuda"].label == "GPU"
     assert devices["cpu"].enabled and devices["auto"].enabled
     assert devices["cuda"].enabled == cuda_available()
@@ -87,7 +87,8 @@ def test_state_table_drives_apply_and_cancel():
     for state, view in table.items():
         assert view.inputs_enabled == (not view.busy)
         assert (view.apply_text == "Apply") == (state not in (panel.ProcessingState.RUNNING,
-                                                               panel.ProcessingState.CANCELLING))
+                                                               panel.ProcessingState.CANCELLING,
+                                                               panel.ProcessingState.INSTALLING))
     update = ProgressUpdate(0.5, "IQT-SRep: enhanced 100/200 patches", 60.0, 60.0)
     text = panel.progress_text(panel.ProcessingState.RUNNING, update)
     assert "100/200" in text and "50%" in text and "1 min 00 s left" in text
@@ -166,3 +167,62 @@ def test_a_missing_slicer_package_is_reported_not_reinstalled(monkeypatch):
     monkeypatch.setitem(deps.SLICER_SHIPPED, "iqtenhance_no_such_vtk", "vtk")
     with pytest.raises(deps.DependencyError, match="reinstall Slicer"):
         deps.ensure_packages(False, lambda *a: pytest.fail("asked"), lambda *a: pytest.fail("installed"))
+
+
+# -- installs in a child process (never on the GUI thread) -----------------------------------------
+def _tiny_package(root: Path, name: str = "iqtenhance_tiny_pkg") -> Path:
+    project = root / "tinypkg"
+    (project / name).mkdir(parents=True)
+    (project / name / "__init__.py").write_text("VALUE = 42\n")
+    (project / "pyproject.toml").write_text(
+        f'[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "{name.replace("_", "-")}"\nversion = "1.0"\n')
+    return project
+
+
+def test_install_runs_in_a_process_with_constraints_and_progress(tmp_path, monkeypatch):
+    import sys
+    import time
+
+    project = _tiny_package(tmp_path)
+    target = tmp_path / "site"
+    missing = [deps.Missing("iqtenhance_tiny_pkg", str(project), False)]
+    asked = []
+    job = deps.start_install(missing, lambda title, text: asked.append(text) or True,
+                             extra_args=["--no-build-isolation", "--no-deps", "--no-index", "--target", str(target)])
+    assert asked and "iqtenhance_tiny_pkg" not in asked[0] or asked
+    constraints = Path(job.constraints_path)
+    assert "numpy==" in constraints.read_text()           # Slicer's packages stay pinned during the install
+    assert "-c" in job.command() and str(constraints) in job.command()
+    lines = []
+    deadline = time.monotonic() + 120
+    while not job.finished:
+        line = job.poll()
+        if line:
+            lines.append(line)
+        time.sleep(0.05)
+        assert time.monotonic() < deadline
+    monkeypatch.syspath_prepend(str(target))
+    deps.finish_install(job, ["iqtenhance_tiny_pkg"])
+    assert (target / "iqtenhance_tiny_pkg" / "__init__.py").exists()
+    assert lines or job.last_line                          # pip's output reached the progress text
+    assert not constraints.exists() and job.log_path is None   # cleaned up
+
+
+def test_install_cancel_kills_pip_and_declining_changes_nothing(tmp_path):
+    import time
+
+    with pytest.raises(deps.DependencyError, match="declined"):
+        deps.start_install([deps.Missing("torch", "torch>=2.1", False)], lambda *a: False)
+    # an index that never answers: pip waits on the network until cancelled
+    job = deps.start_install([deps.Missing("iqtenhance_never", "iqtenhance-never-exists", False)],
+                             lambda *a: True, extra_args=["--index-url", "http://10.255.255.1/simple",
+                                                          "--timeout", "60", "--target", str(tmp_path / "t")])
+    time.sleep(1.0)
+    started = time.perf_counter()
+    job.cancel()
+    assert time.perf_counter() - started < 5
+    assert job.finished and not job.succeeded
+    with pytest.raises(deps.DependencyError, match="cancelled"):
+        deps.finish_install(job, ["iqtenhance_never"])
+    assert not (tmp_path / "t").exists() or not any((tmp_path / "t").iterdir())

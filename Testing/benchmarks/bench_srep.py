@@ -1,18 +1,16 @@
-"""IQT-SRep solver benchmark (a script, not a test): prints ratios measured in one run.
+"""IQT-SRep lasso benchmark (a script, not a test): one table, every number measured in this run.
 
-1. Lasso solvers on the same LQ patch features of a real volume (Colin27, ×4 thick slices along k,
-   SNR 20, seed 1), the same dictionary and the same λ (the shipped model's): time and summed
-   objective ½‖D a − y‖² + λ‖a‖₁ for this library's FISTA (torch, CPU and CUDA when present),
-   SPAMS ``lasso`` (LARS with a Gram matrix) and scikit-learn ``SparseCoder`` (lasso_lars, omp).
-   scikit-learn is slow, so it runs on a subset (``--sklearn-patches``) and its time is scaled up
-   to the full count (marked "scaled"); its objective is compared with SPAMS on that subset.
-2. Whole-brain inference (api.enhance on the full Colin27 volume) per solver: seconds, peak resident
-   memory of a fresh process, NRMSE/SSIM in the brain mask.
+Rows: the lasso solvers of IQTEnhanceLib.sparse (``homotopy``, the default; ``spams``; ``fista``),
+scikit-learn's ``lasso_lars`` (on a subset, its time scaled to the full count), and the homotopy on
+CUDA when a GPU is present.  Columns:
 
-Targets (issue 3): objective within 0.5% of SPAMS; CPU at least as fast as SPAMS; GPU ≥ 30× faster
-than SPAMS on the CPU; whole-brain CPU inference < 60 s.
+* seconds to code N real patch features (Colin27, ×4 thick slices along k, SNR 20, seed 1; the
+  shipped model's dictionary, PCA basis and λ), and the summed objective ½‖Da − y‖² + λ‖a‖₁
+  relative to SPAMS's on the same patches, and the mean support size;
+* whole-brain SRep with default options (``api.enhance`` on the full Colin27 volume, in a fresh
+  process per solver): wall seconds, peak resident memory, NRMSE in the brain mask.
 
-    python Testing/benchmarks/bench_srep.py [--patches 20000] [--model PATH] [--skip-whole-brain]
+    python Testing/benchmarks/bench_srep.py [--patches 20000] [--threads 2] [--skip-fista-whole-brain]
 """
 from __future__ import annotations
 
@@ -35,7 +33,7 @@ from IQTEnhanceLib.methods.srep import SRepModel  # noqa: E402
 from IQTEnhanceLib.models import default_model_path, load_model  # noqa: E402
 from IQTEnhanceLib.normalize import intensity_scale, to_canonical  # noqa: E402
 from IQTEnhanceLib.patches import sample_positions  # noqa: E402
-from IQTEnhanceLib.simulate import simulate  # noqa: E402
+from IQTEnhanceLib.simulate import foreground_mask, simulate  # noqa: E402
 
 
 def test_volume():
@@ -47,151 +45,130 @@ def test_volume():
 def patch_features(lq, m: SRepModel, n: int, seed: int = 0) -> np.ndarray:
     lq_c = np.ascontiguousarray(to_canonical(lq.array.astype(np.float32), 0))
     lq_c = lq_c / np.float32(intensity_scale(lq_c))
-    from IQTEnhanceLib.simulate import foreground_mask
-
     pos = sample_positions(lq_c.shape, m.lq_patch, n, np.random.default_rng(seed), foreground_mask(lq_c), 0.5)
     x = features.features_at(features.upsampled(lq_c, 4), pos, m.lq_patch, 4)
     return (x @ m.P).astype(np.float32)
 
 
-CPU_SECONDS = {}
-
-
-def timed(fn):
-    """(result, wall seconds); the process CPU seconds of the call go to CPU_SECONDS[id(result)]
-    (on shared cores the wall time includes waiting for other jobs; CPU time does not)."""
-    c = time.process_time()
-    t = time.perf_counter()
+def timed(fn, synchronize=None):
+    started = time.perf_counter()
     out = fn()
-    wall = time.perf_counter() - t
-    CPU_SECONDS[id(out)] = time.process_time() - c
-    return out, wall
+    if synchronize:
+        synchronize()
+    return out, time.perf_counter() - started
 
 
-def sklearn_codes(Z, D, lam, algorithm, nonzero=None):
+def sklearn_lars(Z, D, lam):
     from sklearn.decomposition import SparseCoder
 
-    kwargs = {"transform_alpha": lam} if algorithm != "omp" else {"transform_n_nonzero_coefs": nonzero}
-    coder = SparseCoder(dictionary=D.T.astype(np.float64), transform_algorithm=algorithm, n_jobs=1, **kwargs)
+    # SparseCoder divides transform_alpha by the signal length for LassoLars's 1/d scaling: pass λ
+    coder = SparseCoder(dictionary=D.T.astype(np.float64), transform_algorithm="lasso_lars",
+                        transform_alpha=lam, n_jobs=1)
     return coder.transform(Z.astype(np.float64)).astype(np.float32)
 
 
-def solver_table(model_path, n, n_sklearn):
-    model = load_model(model_path)
-    m = SRepModel(model, model.factor)
-    lam = m.lam
-    _, _, lq = test_volume()
-    Z = patch_features(lq, m, n)
-    D = m.D_l
-    print(f"\n## Lasso solvers: {n} LQ patch features of Colin27 (×4 along k, SNR 20), dictionary "
-          f"{D.shape[0]}×{D.shape[1]} of {model_path.name}, λ = {lam:g}, torch threads {_threads()}")
-    rows = []
-    dic = sparse.Dictionary(D, "cpu")
-    if sparse.spams_available():
-        A_sp, t_sp = timed(lambda: sparse.lasso(Z, dic, lam, solver="spams"))
-        f_sp = sparse.objective(Z, D, A_sp, lam).sum()
-        rows.append(("SPAMS lasso (LARS, Gram)", t_sp, CPU_SECONDS[id(A_sp)], f_sp, float((A_sp != 0).sum(1).mean()), ""))
-    else:
-        A_sp, t_sp, f_sp = None, None, None
-        print("(SPAMS not installed: pip install spams-bin)")
-    for tol in (1e-3, 1e-4):
-        A, t = timed(lambda: sparse.lasso(Z, dic, lam, solver="fista", tol=tol, max_iter=1000))
-        rows.append((f"this library: FISTA torch CPU, tol {tol:g}", t, CPU_SECONDS[id(A)], sparse.objective(Z, D, A, lam).sum(),
-                     float((A != 0).sum(1).mean()), ""))
-    from IQTEnhanceLib.devices import cuda_available
-
-    if cuda_available():
-        gdic = sparse.Dictionary(D, "cuda")
-        sparse.lasso(Z[:1000], gdic, lam, solver="fista")  # warm-up (CUDA context, kernels)
-        import torch
-
-        def gpu():
-            out = sparse.lasso(Z, gdic, lam, solver="fista", tol=1e-4, max_iter=1000)
-            torch.cuda.synchronize()
-            return out
-
-        A, t = timed(gpu)
-        rows.append(("this library: FISTA torch CUDA, tol 1e-4", t, CPU_SECONDS[id(A)], sparse.objective(Z, D, A, lam).sum(),
-                     float((A != 0).sum(1).mean()), ""))
-    sub = Z[:n_sklearn]
-    f_sp_sub = sparse.objective(sub, D, A_sp[:n_sklearn], lam).sum() if A_sp is not None else None
-    nnz = max(1, int(round(float((A_sp[:n_sklearn] != 0).sum(1).mean())))) if A_sp is not None else 10
-    for algorithm in ("lasso_lars", "omp"):
-        A, t = timed(lambda: sklearn_codes(sub, D, lam, algorithm, nnz))
-        f = sparse.objective(sub, D, A, lam).sum()
-        rel = f"{100 * (f / f_sp_sub - 1):+.2f}% (subset)" if f_sp_sub else ""
-        note = f" (omp with {nnz} atoms, SPAMS's mean support)" if algorithm == "omp" else ""
-        rows.append((f"scikit-learn SparseCoder {algorithm}{note}", t * n / len(sub), CPU_SECONDS[id(A)] * n / len(sub), f * n / len(sub),
-                     float((A != 0).sum(1).mean()), rel + " scaled"))
-    print(f"| solver | wall s for {n} patches | CPU s | × SPAMS wall | objective | vs SPAMS | mean nnz |")
-    print("|---|---|---|---|---|---|---|")
-    for name, t, cpu, f, nz, note in rows:
-        ratio = f"{t / t_sp:.2f}" if t_sp else "-"
-        rel = note if note else (f"{100 * (f / f_sp - 1):+.3f}%" if f_sp else "-")
-        print(f"| {name} | {t:.2f} | {cpu:.2f} | {ratio} | {f:.2f} | {rel} | {nz:.1f} |")
-
-
-def _threads():
-    try:
-        import torch
-
-        return torch.get_num_threads()
-    except ImportError:
-        return "-"
-
-
-def whole_brain(model_path, solver):
-    """Run in a fresh process (peak memory is that process's)."""
+def whole_brain(model_path, solver, device):
+    """Child process: one whole-brain enhance; prints a JSON line."""
     hq, mask, lq = test_volume()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter()
-    c = time.process_time()
-    result = api.enhance(lq, "srep", model=model_path, solver=solver)
-    seconds = time.perf_counter() - t
-    cpu = time.process_time() - c
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    result = api.enhance(lq, "srep", model=model_path, solver=solver, device=device)
+    seconds = time.perf_counter() - started
+    peak = _peak_rss_mb()
     scores = metrics.evaluate(result.volume, hq, mask)
-    tri = metrics.evaluate(api.enhance(lq, "trilinear").volume, hq, mask)
-    print(json.dumps({"solver": solver, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak / 1024,
-                      "rss_before_mb": base / 1024, "nrmse": scores["nrmse"], "ssim": scores["ssim"],
-                      "trilinear_nrmse": tri["nrmse"], "trilinear_ssim": tri["ssim"],
-                      "shape": list(result.volume.array.shape)}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "nrmse": scores["nrmse"]}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak resident memory: VmHWM (getrusage's ru_maxrss of a child started by
+    fork + exec still carries the parent's peak on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_whole_brain(model_path, solver, device, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, __file__, "--model", str(model_path), "--threads", str(threads),
+                           "--_whole-brain", f"{solver}:{device}"], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="srep model (default: the shipped one)")
     parser.add_argument("--patches", type=int, default=20000)
-    parser.add_argument("--sklearn-patches", type=int, default=1000)
-    parser.add_argument("--skip-solvers", action="store_true")
+    parser.add_argument("--sklearn-patches", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2, help="torch and SPAMS threads")
     parser.add_argument("--skip-whole-brain", action="store_true")
-    parser.add_argument("--solvers", default="auto",
-                        help="whole-brain solvers, comma-separated (fista on 2 CPU cores takes ~30× SPAMS)")
+    parser.add_argument("--skip-fista-whole-brain", action="store_true",
+                        help="FISTA takes several minutes per brain on 2 cores")
     parser.add_argument("--_whole-brain", dest="child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     model_path = args.model or default_model_path("srep")
     if args.child:
-        whole_brain(model_path, args.child)
+        solver, device = args.child.split(":")
+        whole_brain(model_path, solver, device)
         return
-    print(f"bench_srep: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-    if not args.skip_solvers:
-        solver_table(model_path, args.patches, args.sklearn_patches)
-    if not args.skip_whole_brain:
-        print("\n## Whole-brain inference: Colin27 1 mm from ×4 thick slices (45×217×181 LQ → 180×217×181)")
-        print("| solver | wall s | CPU s | peak RSS (MB) | NRMSE | SSIM | trilinear NRMSE / SSIM |")
-        print("|---|---|---|---|---|---|---|")
-        for solver in args.solvers.split(","):
-            if solver == "spams" and not sparse.spams_available():
-                continue
-            proc = subprocess.run([sys.executable, __file__, "--model", str(model_path), "--_whole-brain", solver],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"| {solver} | failed: {proc.stderr.strip().splitlines()[-1]} |")
-                continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"| {solver} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['nrmse']:.4f} | {r['ssim']:.3f} | "
-                  f"{r['trilinear_nrmse']:.4f} / {r['trilinear_ssim']:.3f} |")
-    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
+    from IQTEnhanceLib.devices import cuda_available
+
+    gpu = cuda_available()
+    model = load_model(model_path)
+    m = SRepModel(model, model.factor)
+    lam, D = m.lam, m.D_l
+    _, _, lq = test_volume()
+    Z = patch_features(lq, m, args.patches)
+    print(f"bench_srep: {os.cpu_count()} CPUs, {args.threads} threads, load {os.getloadavg()[0]:.1f} at start; "
+          f"{len(Z)} patch features of Colin27 (×4 along k, SNR 20), dictionary {D.shape[0]}×{D.shape[1]} of "
+          f"{model_path.name}, λ = {lam:g}")
+    rows = []
+    dic = sparse.Dictionary(D, "cpu")
+    sparse.lasso(Z[:500], dic, lam, solver="homotopy")          # warm-up (threads, allocator)
+    reference = None
+    if sparse.spams_available():
+        codes, seconds = timed(lambda: sparse.lasso_spams(Z, dic, lam, threads=args.threads))
+        reference = sparse.objective(Z, D, codes, lam)
+        rows.append(("SPAMS lasso (LARS, Gram)", "cpu", "spams", seconds, codes, Z))
+    for name, solver, kwargs in (("homotopy (this library, default)", "homotopy", {}),
+                                 ("FISTA (this library), tol 1e-4", "fista", {"tol": 1e-4, "max_iter": 1000})):
+        codes, seconds = timed(lambda: sparse.lasso(Z, dic, lam, solver=solver, **kwargs))
+        rows.append((name, "cpu", solver, seconds, codes, Z))
+    if gpu:
+        gdic = sparse.Dictionary(D, "cuda")
+        sparse.lasso(Z[:1000], gdic, lam, solver="homotopy")
+        codes, seconds = timed(lambda: sparse.lasso(Z, gdic, lam, solver="homotopy"), torch.cuda.synchronize)
+        rows.append(("homotopy (this library, default)", "cuda", "homotopy", seconds, codes, Z))
+    sub = Z[: args.sklearn_patches]
+    codes, seconds = timed(lambda: sklearn_lars(sub, D, lam))
+    rows.append((f"scikit-learn lasso_lars ({len(sub)} patches, time scaled)", "cpu", None,
+                 seconds * len(Z) / len(sub), codes, sub))
+
+    print("\n| solver | device | seconds for the patches | objective vs SPAMS | mean support | whole-brain s "
+          "| peak RSS MB | whole-brain NRMSE |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, device, solver, seconds, codes, Y in rows:
+        f = sparse.objective(Y, D, codes, lam).sum()
+        rel = f"{100 * (f / reference[: len(Y)].sum() - 1):+.4f}%" if reference is not None else "-"
+        support = float((codes != 0).sum(1).mean())
+        brain = {}
+        if solver and not args.skip_whole_brain and not (solver == "fista" and args.skip_fista_whole_brain):
+            brain = run_whole_brain(model_path, solver, device, args.threads)
+        if "error" in brain:
+            tail = f"failed: {brain['error']} | | |"
+        elif brain:
+            tail = f"{brain['seconds']:.1f} | {brain['peak_rss_mb']:.0f} | {brain['nrmse']:.5f} |"
+        else:
+            tail = "not run | | |"
+        print(f"| {name} | {device} | {seconds:.2f} | {rel} | {support:.1f} | {tail}", flush=True)
+    print(f"\nload {os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
 
 
 if __name__ == "__main__":
