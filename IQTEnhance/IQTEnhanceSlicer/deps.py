@@ -91,6 +91,18 @@ def install_message(missing: list) -> str:
             "Install them now? (Needs a network connection; numpy, SimpleITK and vtk are left as they are.)")
 
 
+def confirm_install(missing: list, confirm: Callable[[str, str], bool]) -> None:
+    """Refuse to reinstall Slicer's own packages; ask the user; a decline raises and changes nothing."""
+    broken = [m.module for m in missing if m.shipped_with_slicer]
+    if broken:
+        raise DependencyError(
+            f"{', '.join(broken)} should come with Slicer but cannot be imported; IQTEnhance does not "
+            "reinstall Slicer's own packages: reinstall Slicer")
+    if not confirm("Install Python packages", install_message(missing)):
+        raise DependencyError("not installed: " + ", ".join(m.requirement for m in missing)
+                              + " (the installation was declined)")
+
+
 def ensure_packages(needs_torch: bool, confirm: Callable[[str, str], bool],
                     pip_install: Callable[[str, str], None], pytorch_utils=None) -> list:
     """Make the engine's packages importable; returns the requirements that were installed.
@@ -102,14 +114,7 @@ def ensure_packages(needs_torch: bool, confirm: Callable[[str, str], bool],
     missing = missing_packages(needs_torch)
     if not missing:
         return []
-    broken = [m.module for m in missing if m.shipped_with_slicer]
-    if broken:
-        raise DependencyError(
-            f"{', '.join(broken)} should come with Slicer but cannot be imported; IQTEnhance does not "
-            "reinstall Slicer's own packages: reinstall Slicer")
-    if not confirm("Install Python packages", install_message(missing)):
-        raise DependencyError("not installed: " + ", ".join(m.requirement for m in missing)
-                              + " (the installation was declined)")
+    confirm_install(missing, confirm)
     installed = []
     constraints = write_constraints()
     try:
@@ -244,14 +249,7 @@ def start_install(missing: list, confirm: Callable[[str, str], bool], python: Op
     :func:`finish_install`."""
     if not missing:
         return None
-    broken = [m.module for m in missing if m.shipped_with_slicer]
-    if broken:
-        raise DependencyError(
-            f"{', '.join(broken)} should come with Slicer but cannot be imported; IQTEnhance does not "
-            "reinstall Slicer's own packages: reinstall Slicer")
-    if not confirm("Install Python packages", install_message(missing)):
-        raise DependencyError("not installed: " + ", ".join(m.requirement for m in missing)
-                              + " (the installation was declined)")
+    confirm_install(missing, confirm)
     return InstallJob([m.requirement for m in missing], write_constraints(), python=python,
                       extra_args=extra_args).start()
 

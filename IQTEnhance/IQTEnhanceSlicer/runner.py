@@ -70,7 +70,26 @@ def estimate_remaining(fraction: float, elapsed: float) -> Optional[float]:
     return elapsed * (1.0 - fraction) / fraction
 
 
-class BackgroundJob:
+class JobResultMixin:
+    """What every job kind shares: the one-time result hand-off and the run time."""
+
+    def _take(self):
+        if self._state is not JobState.DONE:
+            raise RuntimeError(f"{self.name} has no result (state {self._state.value})")
+        if self._result_taken:
+            raise RuntimeError(f"the result of {self.name} was already taken")
+        self._result_taken = True
+        result, self._result = self._result, None
+        return result
+
+    @property
+    def seconds(self) -> Optional[float]:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or self._clock()) - self.started_at
+
+
+class BackgroundJob(JobResultMixin):
     """``work(progress, cancel) -> result`` in a daemon thread.
 
     ``progress(fraction, message)`` may be called from the worker as often as it likes (it only puts
@@ -156,19 +175,7 @@ class BackgroundJob:
     def take_result(self):
         """The result, exactly once, on the main thread; raises if the job did not finish DONE."""
         with self._lock:
-            if self._state is not JobState.DONE:
-                raise RuntimeError(f"{self.name} has no result (state {self._state.value})")
-            if self._result_taken:
-                raise RuntimeError(f"the result of {self.name} was already taken")
-            self._result_taken = True
-            result, self._result = self._result, None
-        return result
-
-    @property
-    def seconds(self) -> Optional[float]:
-        if self.started_at is None:
-            return None
-        return (self.finished_at or self._clock()) - self.started_at
+            return self._take()
 
     def error_message(self) -> str:
         """One line for the user: the engine's own sentence for the errors it raises on purpose."""

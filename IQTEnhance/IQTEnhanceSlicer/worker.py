@@ -41,7 +41,7 @@ from typing import Optional
 
 import numpy as np
 
-from .runner import JobState, ProgressUpdate, estimate_remaining
+from .runner import JobResultMixin, JobState, ProgressUpdate, estimate_remaining
 
 MODULE_DIR = Path(__file__).resolve().parents[1]      # the folder holding IQTEnhanceLib and IQTEnhanceSlicer
 PROGRESS_INTERVAL_S = 0.05
@@ -159,7 +159,7 @@ def _request_record(request, folder: Path, index: int) -> dict:
             "options": request.engine_options(), "factor": request.factor, "axis": request.axis}
 
 
-class ProcessJob:
+class ProcessJob(JobResultMixin):
     """Same interface as :class:`~.runner.BackgroundJob` (start, poll, cancel, finished, state,
     take_result, error_message, wait), running the task's requests in a child process."""
 
@@ -258,19 +258,9 @@ class ProcessJob:
         return True
 
     def take_result(self):
-        if self.state is not JobState.DONE:
-            raise RuntimeError(f"{self.name} has no result (state {self._state.value})")
-        if self._result_taken:
-            raise RuntimeError(f"the result of {self.name} was already taken")
-        self._result_taken = True
-        result, self._result = self._result, None
-        return result
-
-    @property
-    def seconds(self) -> Optional[float]:
-        if self.started_at is None:
-            return None
-        return (self.finished_at or self._clock()) - self.started_at
+        """The results, exactly once, on the main thread; raises unless the job finished DONE."""
+        self._check()
+        return self._take()
 
     def error_message(self) -> str:
         return self.error or ""

@@ -85,13 +85,20 @@ def test_worker_process_runs_at_full_speed_under_a_gil_holding_main_loop(larger_
     assert np.allclose(got, expected, atol=1e-4 * float(np.abs(expected).max()))
 
 
-def test_cancel_kills_the_worker_at_once_and_leaves_nothing(colin, no_spams):
+def start_slow_srep(colin, no_spams, **callbacks):
+    """(scene, run, node ids before, temporary folders before) of a background SRep run that takes
+    a few seconds (every in-plane position coded)."""
     s = scene()
     node = add_lq_node(s, colin[0], AXIS_ALIGNED_RAS)
-    before_nodes, before_temp = node_ids(s), temp_folders()
-    cancelled = []
+    before = node_ids(s), temp_folders()
     run = EnhanceLogic(s).start_enhance(node, "srep", device="cpu", worker_env=no_spams, stride_inplane=1,
-                                        on_cancelled=lambda: cancelled.append(1))
+                                        **callbacks)
+    return s, run, before[0], before[1]
+
+
+def test_cancel_kills_the_worker_at_once_and_leaves_nothing(colin, no_spams):
+    cancelled = []
+    s, run, before_nodes, before_temp = start_slow_srep(colin, no_spams, on_cancelled=lambda: cancelled.append(1))
     pid = run.job.pid
     deadline = time.monotonic() + 60
     while run.job.last_update is None or run.job.last_update.fraction <= 0.0:   # the engine has started
@@ -112,12 +119,9 @@ def test_cancel_kills_the_worker_at_once_and_leaves_nothing(colin, no_spams):
 
 
 def test_a_killed_worker_is_an_error_not_a_hang(colin, no_spams):
-    s = scene()
-    node = add_lq_node(s, colin[0], AXIS_ALIGNED_RAS)
-    before_nodes, before_temp = node_ids(s), temp_folders()
     errors = []
-    run = EnhanceLogic(s).start_enhance(node, "srep", device="cpu", worker_env=no_spams, stride_inplane=1,
-                                        on_error=lambda message, details: errors.append(message))
+    s, run, before_nodes, before_temp = start_slow_srep(
+        colin, no_spams, on_error=lambda message, details: errors.append(message))
     time.sleep(0.5)
     os.kill(run.job.pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
