@@ -8,10 +8,8 @@ This file runs only inside Slicer: it needs qt, ctk and the Slicer application.
 import logging
 import os
 import traceback
-import typing
 from typing import Annotated, Optional
 
-import ctk
 import qt
 import slicer
 import vtk

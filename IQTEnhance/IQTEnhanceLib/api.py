@@ -180,10 +180,7 @@ def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, a
     model = resolve_model(method, model)
     factor, axis = resolve_factor_axis(lq, model, factor, axis)
     device_name = resolve_device(device) if spec.needs_torch else "cpu"
-    unknown = set(options) - {o.name for o in spec.options}
-    if unknown:
-        raise InputError(f"method {method} has no option(s) {', '.join(sorted(unknown))}")
-    opts = {o.name: options.get(o.name, o.default) for o in spec.options}
+    opts = spec.validate_options(options)
     memory = check_memory(lq, method, factor)
     notes = spacing_warnings(lq, model, factor, axis)
     if not spec.needs_torch and str(device or "auto").lower() not in ("auto", "cpu"):
@@ -226,10 +223,7 @@ def train(method: str, hq_volumes: list, *, factor: int = 4, masks: Optional[lis
     spec = get_method(method)
     if spec.train is None:
         raise InputError(f"method {method} is not trained")
-    unknown = set(options) - {o.name for o in spec.train_options}
-    if unknown:
-        raise InputError(f"training {method} has no option(s) {', '.join(sorted(unknown))}")
-    opts = {o.name: options.get(o.name, o.default) for o in spec.train_options}
+    opts = spec.validate_options(options, train=True)
     reporter = as_reporter(progress, cancel, stage=f"training {method}")
     factor = check_factor(factor)
     pairs = make_training_pairs(hq_volumes, masks, factor=factor, seed=seed, simulation=simulation,

@@ -243,34 +243,6 @@ def info(args, message: str) -> None:
 
 
 # -- method options ----------------------------------------------------------------------------------
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def convert_option(option, value, method: str):
-    """Convert a command-line value to a MethodOption's type, with one clear error."""
-    if option.type is bool:
-        if isinstance(value, bool):
-            converted = value
-        elif str(value).lower() in _TRUE:
-            converted = True
-        elif str(value).lower() in _FALSE:
-            converted = False
-        else:
-            raise InputError(f"option {option.name} of {method} is true or false (got {value!r})")
-    else:
-        try:
-            converted = option.type(value)
-        except (TypeError, ValueError):
-            raise InputError(
-                f"option {option.name} of {method} expects a {getattr(option.type, '__name__', option.type)} "
-                f"(got {value!r})") from None
-    if option.choices and converted not in option.choices:
-        raise InputError(f"option {option.name} of {method} is one of {', '.join(map(str, option.choices))} "
-                         f"(got {value!r})")
-    return converted
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -293,24 +265,23 @@ def add_method_options(parser, group_title: str, options, method: str) -> None:
                                choices=option.choices, metavar=option.name.upper(), help=text)
 
 
-def collect_method_options(args, options, method: str) -> dict:
-    """Values given as generated flags or ``-O name=value``; names the method lacks are errors."""
-    known = {o.name: o for o in options}
-    values = {}
+def collect_method_options(args, options, method: str, kind: str = "option") -> dict:
+    """Values given as generated flags or ``-O name=value``, checked by the one option validator
+    (:func:`~.methods.validate_option_values`); names the method lacks are errors."""
+    from .methods import validate_option_values
+
+    raw = {}
     for item in getattr(args, "option", None) or []:
         if "=" not in item:
             raise InputError(f"-O/--option expects NAME=VALUE (got {item!r})")
         name, value = item.split("=", 1)
-        name = name.strip().replace("-", "_")
-        if name not in known:
-            offered = ", ".join(known) or "none"
-            raise InputError(f"method {method} has no option {name!r} (its options: {offered})")
-        values[name] = convert_option(known[name], value.strip(), method)
-    for name, option in known.items():
-        given = getattr(args, f"opt__{name}", None)
+        raw[name.strip().replace("-", "_")] = value.strip()
+    for option in options:
+        given = getattr(args, f"opt__{option.name}", None)
         if given is not None:
-            values[name] = convert_option(option, given, method)
-    return values
+            raw[option.name] = given
+    checked = validate_option_values(options, raw, method, kind)
+    return {name: checked[name] for name in raw}
 
 
 def _option_usage(option, taken=()) -> str:
@@ -433,8 +404,9 @@ def cmd_enhance(args) -> int:
         if "trust" not in spec.extras:
             raise InputError(f"method {args.method} makes no trust map; --trust-map works with "
                              "methods that do (see --help)")
-        if any(o.name == "trust_map" for o in spec.options):  # methods that compute it on request
-            options.setdefault("trust_map", True)
+        switch = spec.extra_switches().get("trust")   # methods that compute it on request
+        if switch:
+            options.setdefault(switch, True)
     lq = read_volume(args.lq)
     progress = progress_for(args, spec.label)
     try:
@@ -535,7 +507,7 @@ def cmd_train(args) -> int:
     spec = get_method(args.method)
     if spec.train is None:
         raise InputError(f"method {args.method} is not trained (it needs no model)")
-    options = collect_method_options(args, spec.train_options, args.method)
+    options = collect_method_options(args, spec.train_options, args.method, "training option")
     out = Path(args.out)
     check_outputs([("--out", out, "model")], [("--hq", p, "volume") for p in (args.hq or [])]
                   + [("--mask", p, "volume") for p in (args.mask or [])])

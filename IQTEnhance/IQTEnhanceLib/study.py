@@ -449,7 +449,7 @@ def resolve_methods(requested: Optional[list] = None, models: Optional[dict] = N
             except ModelError as exc:
                 missing[name] = str(exc)
                 continue
-        trust = next((o.name for o in spec.options if o.type is bool and "trust" in o.name), None)
+        trust = spec.extra_switches().get("trust")
         options = {trust: True} if trust else {}
         runs.append(MethodRun(name, spec.label, model, options, trust))
     return runs, missing

@@ -116,8 +116,9 @@ def _decimals_for(value: float) -> int:
 
 
 def option_field(option: MethodOption) -> OptionField:
-    """Widget ranges from the default value: options are sizes, strides, weights and counts, so
-    non-negative defaults get a non-negative range up to 100x (at least 1000 for counts)."""
+    """Widget ranges from the option's declared bounds (the engine's own check): a spin box cannot
+    hold a value the engine refuses.  An exclusive bound becomes the nearest allowed step; a side
+    with no bound gets a generous range around the default (100x, at least 1000 for counts)."""
     t = option.type
     f = OptionField(option.name, field_name(option.name), t, option.default, option.help,
                     tuple(option.choices) if option.choices else None)
@@ -125,23 +126,27 @@ def option_field(option: MethodOption) -> OptionField:
         return f
     default = float(option.default or 0)
     if t is int:
-        f.minimum = 0 if default >= 0 else -1_000_000
-        f.maximum = max(1000, int(abs(default) * 100))
         f.step = 1
+        f.minimum = (int(option.minimum) + (1 if option.min_exclusive else 0)) if option.minimum is not None \
+            else -1_000_000
+        f.maximum = (int(option.maximum) - (1 if option.max_exclusive else 0)) if option.maximum is not None \
+            else max(1000, int(abs(default) * 100))
     elif t is float:
-        f.minimum = 0.0 if default >= 0 else -max(1.0, abs(default) * 100)
-        f.maximum = max(1.0, abs(default) * 100)
         f.decimals = _decimals_for(default)
         f.step = 10 ** -(f.decimals - 1)
+        tiny = 10.0 ** -f.decimals
+        f.minimum = (option.minimum + (tiny if option.min_exclusive else 0.0)) if option.minimum is not None \
+            else -max(1.0, abs(default) * 100)
+        f.maximum = (option.maximum - (tiny if option.max_exclusive else 0.0)) if option.maximum is not None \
+            else max(1.0, abs(default) * 100)
     return f
 
 
 def extra_switches(method: str) -> set:
-    """Boolean options that switch on one of the method's extra maps (e.g. SRep's ``trust_map`` for the
-    ``trust`` map).  The panel's "Also make trust map" box drives them, so the option form omits them."""
-    spec = get_method(method)
-    return {o.name for o in spec.options
-            if o.type is bool and any(extra in o.name for extra in spec.extras)}
+    """Boolean options that switch on one of the method's extra maps (declared by the option's
+    ``extra``, e.g. SRep's ``trust_map``).  The panel's "Also make trust map" box drives them, so the
+    option form omits them."""
+    return set(get_method(method).extra_switches().values())
 
 
 def option_fields(method: str) -> list:
@@ -152,11 +157,9 @@ def option_fields(method: str) -> list:
 
 def options_from_fields(method: str, values: dict) -> dict:
     """Engine options from field values (``{"lambda_": 0.1}`` -> ``{"lambda": 0.1}``), typed."""
-    out = {}
-    for f in option_fields(method):
-        if f.field in values:
-            out[f.option] = f.type(values[f.field])
-    return out
+    given = {f.option: values[f.field] for f in option_fields(method) if f.field in values}
+    checked = get_method(method).validate_options(given)
+    return {name: checked[name] for name in given}
 
 
 # -- models -----------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from IQTEnhanceLib.progress import Reporter, as_reporter
 from IQTEnhanceLib.volume import Volume
 
 from . import mrml
-from .panel import extra_switches
 
 BASELINE_METHOD = "trilinear"   # the interpolation every comparison includes
 
@@ -49,12 +48,7 @@ class EnhanceRequest:
     def validate(self) -> None:
         """Fail fast, on the main thread, for what the engine would reject only later."""
         spec = get_method(self.method)
-        known = {o.name for o in spec.options}
-        unknown = set(self.options) - known
-        if unknown:
-            allowed = ", ".join(sorted(known)) or "none"
-            raise InputError(f"method {self.method} has no option(s) {', '.join(sorted(unknown))} "
-                             f"(its options: {allowed})")
+        self.options = {k: v for k, v in spec.validate_options(self.options).items() if k in self.options}
         if self.extras and not spec.extras:
             raise InputError(f"method {self.method} makes no extra maps (such as a trust map)")
         if spec.needs_torch:
@@ -71,7 +65,7 @@ class EnhanceRequest:
         named after them (e.g. ``trust`` / ``make_trust`` / ``trust_map``), if it has any."""
         options = dict(self.options)
         if self.extras:
-            for name in extra_switches(self.method):
+            for name in get_method(self.method).extra_switches().values():
                 options.setdefault(name, True)
         return options
 

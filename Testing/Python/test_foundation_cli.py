@@ -63,7 +63,7 @@ def enhance(lq, factor, model, device, reporter, gain=1.0, mode="linear", flip=F
 OPTIONS = (MethodOption("gain", float, 1.0, "output gain"),
            MethodOption("mode", str, "linear", "a choice", ("linear", "other")),
            MethodOption("flip", bool, False, "a switch"),
-           MethodOption("trust_map", bool, False, "compute the trust map"))
+           MethodOption("trust_map", bool, False, "compute the trust map", extra="trust"))
 def train(pairs, factor, options, reporter, provenance):
     from IQTEnhanceLib.models import ModelFile
 

@@ -44,14 +44,37 @@ def test_option_fields_of_every_method_are_valid_parameter_pack_fields(method):
 
 
 def test_option_field_ranges_and_names():
-    lam = panel.option_field(MethodOption("lambda", float, 1e-4, "sparsity weight"))
+    lam = panel.option_field(MethodOption("lambda", float, 1e-4, "sparsity weight", minimum=0.0, min_exclusive=True))
     assert lam.field == "lambda_" and lam.label == "Lambda"
-    assert lam.minimum == 0.0 and lam.maximum >= 1.0 and lam.decimals >= 5 and lam.step < 1e-4
-    stride = panel.option_field(MethodOption("stride", int, 2, "patch stride"))
-    assert (stride.minimum, stride.step) == (0, 1) and stride.maximum >= 1000
+    assert 0.0 < lam.minimum <= 1e-5 and lam.maximum >= 1.0 and lam.decimals >= 5 and lam.step < 1e-4
+    stride = panel.option_field(MethodOption("stride", int, 2, "patch stride", minimum=1))
+    assert (stride.minimum, stride.step) == (1, 1) and stride.maximum >= 1000
+    overlap = panel.option_field(MethodOption("overlap", float, 0.25, "tile overlap", minimum=0.0, maximum=1.0,
+                                              max_exclusive=True))
+    assert overlap.minimum == 0.0 and overlap.maximum < 1.0
     solver = panel.option_field(MethodOption("solver", str, "fista", "L1 solver", ("fista", "lars")))
     assert solver.choices == ("fista", "lars") and solver.minimum is None
     assert panel.field_name("batch-size") == "batch_size" and panel.field_name("2x") == "_2x"
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_widget_ranges_hold_only_values_the_engine_accepts(method):
+    """One source of truth: every value a spin box can take passes the engine's check, and the
+    values just outside are refused (no stride 0, no overlap of 1)."""
+    from IQTEnhanceLib.errors import InputError
+
+    spec = get_method(method)
+    for field in panel.option_fields(method):
+        option = next(o for o in spec.options if o.name == field.option)
+        if field.minimum is None:
+            continue
+        for inside in (field.minimum, field.maximum, field.default):
+            spec.validate_options({option.name: inside})
+        for outside, bound in ((field.minimum - (field.step or 1), option.minimum),
+                               (field.maximum + (field.step or 1), option.maximum)):
+            if bound is not None:
+                with pytest.raises(InputError, match=f"option {option.name} of {method} must be"):
+                    spec.validate_options({option.name: outside})
 
 
 def test_model_entries_list_shipped_models_then_loaded_then_load_item(tmp_path):
@@ -181,7 +204,6 @@ def _tiny_package(root: Path, name: str = "iqtenhance_tiny_pkg") -> Path:
 
 
 def test_install_runs_in_a_process_with_constraints_and_progress(tmp_path, monkeypatch):
-    import sys
     import time
 
     project = _tiny_package(tmp_path)

@@ -26,7 +26,7 @@ import numpy as np
 from .. import features
 from ..errors import InputError, ModelError
 from ..models import ModelFile
-from . import MethodOption, MethodSpec
+from . import MethodOption, MethodSpec, validate_option_values
 
 FEATURE = "mean-removed trilinear patch (features.py)"
 TARGET = "HQ patch minus trilinear patch"
@@ -37,9 +37,9 @@ TARGET_OFFSETS = " (minus its mean over each simulated realization)"
 def _enhance_options(stride_inplane: int) -> tuple:
     return (
         MethodOption("stride_inplane", int, stride_inplane,
-                     "in-plane step between patches in LQ voxels (1: every position; 2 is ~4× faster)"),
-        MethodOption("stride_thick", int, 1, "step between patches along the thick axis in LQ voxels"),
-        MethodOption("batch_size", int, 8192, "patches predicted at a time (memory)"),
+                     "in-plane step between patches in LQ voxels (1: every position; 2 is ~4× faster)", minimum=1),
+        MethodOption("stride_thick", int, 1, "step between patches along the thick axis in LQ voxels", minimum=1),
+        MethodOption("batch_size", int, 8192, "patches predicted at a time (memory)", minimum=1),
     )
 
 
@@ -49,17 +49,17 @@ LINEAR_ENHANCE_OPTIONS = _enhance_options(1)
 FOREST_ENHANCE_OPTIONS = _enhance_options(2)
 
 COMMON_TRAIN_OPTIONS = (
-    MethodOption("patch_thick", int, 2, "LQ patch size along the thick axis (LQ voxels)"),
-    MethodOption("patch_inplane", int, 5, "LQ patch size in-plane (voxels)"),
-    MethodOption("samples", int, 150_000, "patch pairs sampled in the brain masks"),
+    MethodOption("patch_thick", int, 2, "LQ patch size along the thick axis (LQ voxels)", minimum=1),
+    MethodOption("patch_inplane", int, 5, "LQ patch size in-plane (voxels)", minimum=1),
+    MethodOption("samples", int, 150_000, "patch pairs sampled in the brain masks", minimum=10),
     # Colin27 NRMSE of linear with 2 / 4 / 8 realizations per axis: 0.0609 / 0.0600 / 0.0605; with 1
     # per axis (and an intercept, before offsets were removed) 0.0652, vs 0.0602 with 3: few draws of
     # SNR/thickness/contrast give a map biased towards them
     MethodOption("realizations", int, 4,
                  "simulated LQ versions per training volume and axis (each with its own SNR, slice "
-                 "profile and contrast drawn from the training ranges)"),
+                 "profile and contrast drawn from the training ranges)", minimum=1),
     MethodOption("validation", float, 0.2, "fraction of the realizations (else of the patch pairs) held out "
-                 "to choose hyper-parameters"),
+                 "to choose hyper-parameters", minimum=0.0, maximum=1.0, min_exclusive=True, max_exclusive=True),
 )
 
 LINEAR_TRAIN_OPTIONS = COMMON_TRAIN_OPTIONS + (
@@ -69,16 +69,9 @@ LINEAR_TRAIN_OPTIONS = COMMON_TRAIN_OPTIONS + (
 
 
 # -- shared helpers --------------------------------------------------------------------------------------
-def _positive_int(options: dict, name: str, method: str, minimum: int = 1) -> int:
-    value = options[name]
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
-        raise InputError(f"option {name} of {method} must be an integer >= {minimum} (got {value!r})")
-    return int(value)
-
-
 def lq_patch_of(options: dict, method: str) -> tuple:
-    thick = _positive_int(options, "patch_thick", method)
-    inplane = _positive_int(options, "patch_inplane", method)
+    thick = options["patch_thick"]
+    inplane = options["patch_inplane"]
     return (thick, inplane, inplane)
 
 
@@ -148,8 +141,8 @@ def _check_fits_volume(lq_c: np.ndarray, lq_patch) -> None:
 
 
 def _strides(options: dict, method: str) -> tuple:
-    inplane = _positive_int(options, "stride_inplane", method)
-    thick = _positive_int(options, "stride_thick", method)
+    inplane = options["stride_inplane"]
+    thick = options["stride_thick"]
     return (thick, inplane, inplane)
 
 
@@ -223,10 +216,11 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas, X_val=None, Y_val=None, int
 
 
 def train_linear(pairs, factor: int, options: dict, reporter, provenance: dict) -> ModelFile:
+    options = validate_option_values(LINEAR_TRAIN_OPTIONS, options, "linear", "training option")
     started = time.perf_counter()
     lq_patch = lq_patch_of(options, "linear")
-    n_samples = _positive_int(options, "samples", "linear", 10)
-    per = _positive_int(options, "realizations", "linear")
+    n_samples = options["samples"]
+    per = options["realizations"]
     lambdas = parse_lambdas(options["lambdas"])
     X, Y, groups, sim_params = sample_training_pairs(pairs, factor, lq_patch, n_samples, per,
                                                      reporter.sub(0.0, 0.8, "sampling training pairs"))
@@ -259,6 +253,7 @@ def train_linear(pairs, factor: int, options: dict, reporter, provenance: dict) 
 
 
 def enhance_linear(lq, factor, model, device, reporter, **options):
+    options = validate_option_values(LINEAR_ENHANCE_OPTIONS, options, "linear")
     lq_patch, hq_patch = check_model(model, "linear", factor)
     W, b = model.arrays.get("W"), model.arrays.get("b")
     d_in = d_out = int(np.prod(hq_patch))
@@ -271,7 +266,7 @@ def enhance_linear(lq, factor, model, device, reporter, **options):
     b = np.asarray(b, dtype=np.float32)
     hq, _ = features.enhance_residual(lq, factor, lq_patch, _strides(options, "linear"),
                                       lambda x: x @ W + b, reporter=reporter,
-                                      batch_size=_positive_int(options, "batch_size", "linear"))
+                                      batch_size=options["batch_size"])
     return hq, {}
 
 
@@ -283,15 +278,15 @@ FOREST_TRAIN_OPTIONS = COMMON_TRAIN_OPTIONS + (
                  "penalties of the ridge regression the forest corrects (relative to the pairs)"),
     MethodOption("kind", str, "extra", "extra-trees (random thresholds, fast) or random forest (bootstrap, "
                  "best thresholds)", FOREST_KINDS),
-    MethodOption("trees", int, 16, "number of trees"),
-    MethodOption("max_depth", int, 20, "maximum tree depth (0: grow until min_samples_leaf)"),
-    MethodOption("min_samples_leaf", int, 50, "fewest training pairs in a leaf"),
-    MethodOption("max_features", float, 0.33, "fraction of the features tried at each split"),
+    MethodOption("trees", int, 16, "number of trees", minimum=1),
+    MethodOption("max_depth", int, 20, "maximum tree depth (0: grow until min_samples_leaf)", minimum=0),
+    MethodOption("min_samples_leaf", int, 50, "fewest training pairs in a leaf", minimum=1),
+    MethodOption("max_features", float, 0.33, "fraction of the features tried at each split", minimum=0.0, maximum=1.0, min_exclusive=True),
     MethodOption("max_samples", float, 0.5, "fraction of the pairs drawn (with replacement) per tree; "
-                 "random forest only"),
+                 "random forest only", minimum=0.0, maximum=1.0, min_exclusive=True),
     MethodOption("feature_components", int, 32, "principal components of the features the trees split on "
-                 "(0: the raw features)"),
-    MethodOption("target_components", int, 16, "principal components of the residual the leaves store"),
+                 "(0: the raw features)", minimum=0),
+    MethodOption("target_components", int, 16, "principal components of the residual the leaves store", minimum=1),
     MethodOption("refit", bool, True, "after validation, fit ridge and trees again on every pair (2× time)"),
 )
 
@@ -394,21 +389,13 @@ def _forest_estimator(options: dict, seed: int):
     from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
     kind = options["kind"]
-    if kind not in FOREST_KINDS:
-        raise InputError(f"option kind of forest is one of {', '.join(FOREST_KINDS)} (got {kind!r})")
     max_features = float(options["max_features"])
-    if not 0.0 < max_features <= 1.0:
-        raise InputError(f"option max_features of forest must be in (0, 1] (got {max_features})")
     depth = int(options["max_depth"])
-    if depth < 0:
-        raise InputError(f"option max_depth of forest must be >= 0 (got {depth})")
-    common = dict(n_estimators=_positive_int(options, "trees", "forest"),
-                  min_samples_leaf=_positive_int(options, "min_samples_leaf", "forest"),
+    common = dict(n_estimators=options["trees"],
+                  min_samples_leaf=options["min_samples_leaf"],
                   max_depth=depth or None, max_features=max_features, random_state=seed, n_jobs=1)
     if kind == "random":
         fraction = float(options["max_samples"])
-        if not 0.0 < fraction <= 1.0:
-            raise InputError(f"option max_samples of forest must be in (0, 1] (got {fraction})")
         return RandomForestRegressor(bootstrap=True, max_samples=fraction, **common)
     return ExtraTreesRegressor(bootstrap=False, **common)
 
@@ -443,15 +430,14 @@ def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) 
     Splitting on 32 principal components of the features instead of the 200 raw ones: same score,
     5× faster training.
     """
+    options = validate_option_values(FOREST_TRAIN_OPTIONS, options, "forest", "training option")
     started = time.perf_counter()
     lq_patch = lq_patch_of(options, "forest")
-    n_samples = _positive_int(options, "samples", "forest", 10)
-    per = _positive_int(options, "realizations", "forest")
+    n_samples = options["samples"]
+    per = options["realizations"]
     lambdas = parse_lambdas(options["lambdas"])
     n_feat = int(options["feature_components"])
-    n_targ = _positive_int(options, "target_components", "forest")
-    if n_feat < 0:
-        raise InputError(f"option feature_components of forest must be >= 0 (got {n_feat})")
+    n_targ = options["target_components"]
     estimator = _forest_estimator(options, pairs.seed)
     X, Y, groups, sim_params = sample_training_pairs(pairs, factor, lq_patch, n_samples, per,
                                                      reporter.sub(0.0, 0.3, "sampling training pairs"))
@@ -524,6 +510,7 @@ def _sklearn_version() -> str:
 
 
 def enhance_forest(lq, factor, model, device, reporter, **options):
+    options = validate_option_values(FOREST_ENHANCE_OPTIONS, options, "forest")
     lq_patch, hq_patch = check_model(model, "forest", factor)
     where = f"{model.path.name}: " if model.path else ""
     missing = [k for k in FOREST_ARRAYS if k not in model.arrays]
@@ -540,7 +527,7 @@ def enhance_forest(lq, factor, model, device, reporter, **options):
                          "the file is not a valid forest model")
     _check_fits_volume(lq, lq_patch)
     hq, _ = features.enhance_residual(lq, factor, lq_patch, _strides(options, "forest"), predictor,
-                                      reporter=reporter, batch_size=_positive_int(options, "batch_size", "forest"))
+                                      reporter=reporter, batch_size=options["batch_size"])
     return hq, {}
 
 

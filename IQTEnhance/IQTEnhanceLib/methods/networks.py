@@ -15,35 +15,35 @@ from . import MethodOption, MethodSpec
 
 ENHANCE_OPTIONS = (
     MethodOption("overlap", float, 0.25, "fraction of a tile shared with each neighbour; tiles are blended "
-                 "with a Gaussian window"),
-    MethodOption("tile_thick", int, 0, "tile depth in LQ slices (0: 12 on the CPU, 16 on CUDA)"),
-    MethodOption("tile_inplane", int, 0, "tile size in-plane in voxels (0: 96 on the CPU, 160 on CUDA)"),
-    MethodOption("batch_size", int, 0, "tiles per batch (0: from the free GPU memory; 2 on the CPU)"),
+                 "with a Gaussian window", minimum=0.0, maximum=1.0, max_exclusive=True),
+    MethodOption("tile_thick", int, 0, "tile depth in LQ slices (0: 12 on the CPU, 16 on CUDA)", minimum=0),
+    MethodOption("tile_inplane", int, 0, "tile size in-plane in voxels (0: 96 on the CPU, 160 on CUDA)", minimum=0),
+    MethodOption("batch_size", int, 0, "tiles per batch (0: from the free GPU memory; 2 on the CPU)", minimum=0),
 )
 
 _COMMON_TRAIN = (
-    MethodOption("minutes", float, 12.0, "wall-clock training budget in minutes (0: no limit, set steps)"),
-    MethodOption("steps", int, 0, "optimiser steps (0: no limit, set minutes); training stops at the first limit"),
-    MethodOption("patch_thick", int, 8, "LQ slices per training patch"),
-    MethodOption("patch_inplane", int, 0, "in-plane training patch size (0: 32 on the CPU, 64 on CUDA)"),
-    MethodOption("batch", int, 0, "patches per step (0: 4 on the CPU, 16 on CUDA)"),
+    MethodOption("minutes", float, 12.0, "wall-clock training budget in minutes (0: no limit, set steps)", minimum=0.0),
+    MethodOption("steps", int, 0, "optimiser steps (0: no limit, set minutes); training stops at the first limit", minimum=0),
+    MethodOption("patch_thick", int, 8, "LQ slices per training patch", minimum=1),
+    MethodOption("patch_inplane", int, 0, "in-plane training patch size (0: 32 on the CPU, 64 on CUDA)", minimum=0),
+    MethodOption("batch", int, 0, "patches per step (0: 4 on the CPU, 16 on CUDA)", minimum=0),
     MethodOption("base_filters", int, 0, "filters at the finest level, doubling per level (0: 16 on the CPU, "
-                 "32 on CUDA)"),
-    MethodOption("levels", int, 3, "resolution levels (pooling 1×2×2, never along the thick axis)"),
-    MethodOption("lr", float, 1e-3, "Adam learning rate (cosine decay over the budget)"),
-    MethodOption("clip", float, 1.0, "gradient-norm clipping (0: none)"),
+                 "32 on CUDA)", minimum=0),
+    MethodOption("levels", int, 3, "resolution levels (pooling 1×2×2, never along the thick axis)", minimum=1, maximum=6),
+    MethodOption("lr", float, 1e-3, "Adam learning rate (cosine decay over the budget)", minimum=0.0, min_exclusive=True),
+    MethodOption("clip", float, 1.0, "gradient-norm clipping (0: none)", minimum=0.0),
     MethodOption("loss", str, "mse", "voxel-wise loss", ("mse", "l1")),
-    MethodOption("validation_fraction", float, 0.1, "fraction of the brain (cubes) held out for validation"),
-    MethodOption("validation_every", int, 200, "steps between validation losses"),
+    MethodOption("validation_fraction", float, 0.1, "fraction of the brain (cubes) held out for validation", minimum=0.0, maximum=1.0, max_exclusive=True),
+    MethodOption("validation_every", int, 200, "steps between validation losses", minimum=1),
     MethodOption("checkpoint_dir", str, "", "folder for training checkpoints (empty: none)"),
-    MethodOption("checkpoint_every", int, 200, "steps between checkpoints"),
+    MethodOption("checkpoint_every", int, 200, "steps between checkpoints", minimum=1),
     MethodOption("resume", bool, False, "continue from the checkpoint in checkpoint_dir"),
     MethodOption("device", str, "auto", "training device", ("auto", "cpu", "cuda")),
     MethodOption("threads", int, 0, "torch CPU threads (0: torch's default; on a busy machine 1 is far faster: "
-                 "measured 11.4 vs 1.1 patches/s with 1 vs 2 threads on 2 shared cores)"),
-    MethodOption("pool_size", int, 4, "simulated LQ volumes kept in memory (one re-drawn every refresh_every steps)"),
-    MethodOption("refresh_every", int, 25, "steps between re-simulations of one pooled volume"),
-    MethodOption("intensity_jitter", float, 0.1, "augmentation: common LQ/HQ intensity scaling ± this fraction"),
+                 "measured 11.4 vs 1.1 patches/s with 1 vs 2 threads on 2 shared cores)", minimum=0),
+    MethodOption("pool_size", int, 4, "simulated LQ volumes kept in memory (one re-drawn every refresh_every steps)", minimum=1),
+    MethodOption("refresh_every", int, 25, "steps between re-simulations of one pooled volume", minimum=1),
+    MethodOption("intensity_jitter", float, 0.1, "augmentation: common LQ/HQ intensity scaling ± this fraction", minimum=0.0, maximum=1.0, max_exclusive=True),
     MethodOption("flips", bool, True, "augmentation: random flips and in-plane transposition"),
 )
 

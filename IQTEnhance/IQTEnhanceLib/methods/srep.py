@@ -41,24 +41,24 @@ from .. import features, sparse
 from ..errors import InputError, ModelError
 from ..models import ModelFile
 from ..patches import extract_patches, hq_patch_shape, hq_positions, reconstruct_patchwise, sample_positions
-from . import MethodOption, MethodSpec
+from . import MethodOption, MethodSpec, validate_option_values
 
 FORMULATIONS = ("ridge-residual", "residual", "joint")
 
 ENHANCE_OPTIONS = (
-    MethodOption("lam", float, 0.0, "sparsity weight λ of the lasso (0: the model's inference λ)"),
+    MethodOption("lam", float, 0.0, "sparsity weight λ of the lasso (0: the model's inference λ)", minimum=0.0),
     MethodOption("stride_inplane", int, 2,
-                 "in-plane step between patches in LQ voxels (1: every position, slower, slightly better)"),
-    MethodOption("stride_thick", int, 1, "step between patches along the thick axis in LQ voxels"),
+                 "in-plane step between patches in LQ voxels (1: every position, slower, slightly better)", minimum=1),
+    MethodOption("stride_thick", int, 1, "step between patches along the thick axis in LQ voxels", minimum=1),
     MethodOption("solver", str, "auto",
                  "lasso solver: auto = homotopy (exact, torch, CPU and GPU); fista (approximate); spams "
                  "(needs the spams-bin package)", sparse.SOLVERS),
-    MethodOption("batch_size", int, 8192, "patches coded at a time (memory; progress and cancel between batches)"),
-    MethodOption("max_iter", int, 500, "iteration cap of the FISTA solver"),
-    MethodOption("tol", float, 1e-4, "FISTA stops when a code's largest change is below tol × its largest value"),
+    MethodOption("batch_size", int, 8192, "patches coded at a time (memory; progress and cancel between batches)", minimum=1),
+    MethodOption("max_iter", int, 500, "iteration cap of the FISTA solver", minimum=1),
+    MethodOption("tol", float, 1e-4, "FISTA stops when a code's largest change is below tol × its largest value", minimum=0.0, min_exclusive=True),
     MethodOption("trust_map", bool, False,
                  "also return a per-voxel map of the LQ coding residual (high = the dictionary cannot "
-                 "explain the input there)"),
+                 "explain the input there)", extra="trust"),
     MethodOption("skip_background", bool, True,
                  "leave air (below 10% of the bright tissue, outside the head) at the trilinear "
                  "up-sampling instead of coding it"),
@@ -68,33 +68,19 @@ TRAIN_OPTIONS = (
     MethodOption("formulation", str, "ridge-residual",
                  "ridge-residual (best measured), residual (Zeyde) or joint (the paper's joint dictionary "
                  "over concatenated [LQ; HQ] patches)", FORMULATIONS),
-    MethodOption("patch_thick", int, 2, "LQ patch size along the thick axis (LQ voxels)"),
-    MethodOption("patch_inplane", int, 5, "LQ patch size in-plane (voxels)"),
-    MethodOption("atoms", int, 512, "dictionary atoms"),
-    MethodOption("lam", float, 0.05, "sparsity weight λ (training and default inference)"),
-    MethodOption("iterations", int, 200, "online dictionary learning iterations (mini-batches)"),
-    MethodOption("dl_batch", int, 256, "patches per dictionary-learning mini-batch"),
-    MethodOption("samples", int, 100_000, "patch pairs sampled in the brain masks"),
-    MethodOption("realizations", int, 1, "simulated LQ versions per training volume and axis"),
+    MethodOption("patch_thick", int, 2, "LQ patch size along the thick axis (LQ voxels)", minimum=1),
+    MethodOption("patch_inplane", int, 5, "LQ patch size in-plane (voxels)", minimum=1),
+    MethodOption("atoms", int, 512, "dictionary atoms", minimum=2),
+    MethodOption("lam", float, 0.05, "sparsity weight λ (training and default inference)", minimum=0.0, min_exclusive=True),
+    MethodOption("iterations", int, 200, "online dictionary learning iterations (mini-batches)", minimum=1),
+    MethodOption("dl_batch", int, 256, "patches per dictionary-learning mini-batch", minimum=1),
+    MethodOption("samples", int, 100_000, "patch pairs sampled in the brain masks", minimum=10),
+    MethodOption("realizations", int, 1, "simulated LQ versions per training volume and axis", minimum=1),
     MethodOption("solver", str, "auto", "lasso solver used in training", sparse.SOLVERS),
 )
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def _positive_int(options: dict, name: str, minimum: int = 1) -> int:
-    value = options[name]
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
-        raise InputError(f"option {name} of srep must be an integer >= {minimum} (got {value!r})")
-    return int(value)
-
-
-def _positive_float(options: dict, name: str, allow_zero: bool = False) -> float:
-    value = float(options[name])
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"option {name} of srep must be a positive number (got {options[name]!r})")
-    return value
-
-
 class SRepModel:
     """The arrays and parameters of an SRep model file, checked once."""
 
@@ -182,17 +168,18 @@ def _foreground(lq_c: np.ndarray) -> np.ndarray:
 
 
 def enhance(lq, factor, model, device, reporter, **options):
+    options = validate_option_values(ENHANCE_OPTIONS, options, "srep")
     m = SRepModel(model, factor)
     small = [(s, p) for s, p in zip(lq.shape, m.lq_patch) if s < p]
     if small:
         raise InputError(f"the input ({'×'.join(map(str, lq.shape))} voxels, thick axis first) is smaller than "
                          f"the model's {'×'.join(map(str, m.lq_patch))} patch")
-    lam = _positive_float(options, "lam", allow_zero=True) or m.lam
-    stride = (_positive_int(options, "stride_thick"), _positive_int(options, "stride_inplane"),
-              _positive_int(options, "stride_inplane"))
-    batch_size = _positive_int(options, "batch_size")
-    coder = Coder(m, lam, options["solver"], device, _positive_int(options, "max_iter"),
-                  _positive_float(options, "tol"))
+    lam = options["lam"] or m.lam
+    stride = (options["stride_thick"], options["stride_inplane"],
+              options["stride_inplane"])
+    batch_size = options["batch_size"]
+    coder = Coder(m, lam, options["solver"], device, options["max_iter"],
+                  options["tol"])
     want_trust = bool(options["trust_map"])
     mask = _foreground(lq) if options["skip_background"] else None
     if mask is not None and not mask.any():
@@ -308,19 +295,20 @@ def _code_all(Z, dictionary, lam, solver, reporter, batch=8192):
 
 
 def train(pairs, factor, options, reporter, provenance):
+    options = validate_option_values(TRAIN_OPTIONS, options, "srep")
     started = time.perf_counter()
     formulation = str(options["formulation"])
     if formulation not in FORMULATIONS:
         raise InputError(f"formulation must be one of {', '.join(FORMULATIONS)} (got {formulation!r})")
-    lq_patch = (_positive_int(options, "patch_thick"), _positive_int(options, "patch_inplane"),
-                _positive_int(options, "patch_inplane"))
+    lq_patch = (options["patch_thick"], options["patch_inplane"],
+                options["patch_inplane"])
     hq_patch = hq_patch_shape(lq_patch, factor, 0)
-    K = _positive_int(options, "atoms", 2)
-    lam = _positive_float(options, "lam")
-    iterations = _positive_int(options, "iterations")
-    dl_batch = _positive_int(options, "dl_batch")
-    n_samples = _positive_int(options, "samples", 10)
-    per = _positive_int(options, "realizations")
+    K = options["atoms"]
+    lam = options["lam"]
+    iterations = options["iterations"]
+    dl_batch = options["dl_batch"]
+    n_samples = options["samples"]
+    per = options["realizations"]
     solver = sparse.pick_solver(options["solver"], "cpu")
     seed = int(getattr(pairs, "seed", 0))
 
