@@ -8,7 +8,7 @@ the HQ region it covers (``lq_patch`` × f along the thick axis) gives
 * the **target**: HQ patch minus the ``up`` patch (the residual the interpolation misses).
 
 Inference adds the predicted residual patches, averaged over overlaps, to ``up``.  Measured on our
-task (../shared/notes/methods.md): residual learning on interpolated features beats the
+task (a prototype, Colin27 and a second held-out brain): residual learning on interpolated features beats the
 paper-style mean-removed LQ ↔ HQ coupling (NRMSE 0.0640 vs 0.0652 on Colin27, 0.1001 vs 0.1055 on
 a second held-out brain).
 """

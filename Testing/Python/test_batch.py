@@ -1,4 +1,4 @@
-"""Cohort batch on Dask (issue 8): `iqt-enhance batch` and IQTEnhanceLib.batch.run_batch.
+"""Cohort batch on Dask: `iqt-enhance batch` and IQTEnhanceLib.batch.run_batch.
 
 Real data: LQ volumes simulated from the committed Colin27 / ICBM crops (×4 along k, different
 noise seeds), real Dask LocalClusters with worker *processes*, real model files trained here.
@@ -126,7 +126,7 @@ def cohort(tmp_path_factory):
     lq = read_volume(good[0]["input"])
     array = lq.array.copy()
     array[3, 10:20, 10:20] = np.nan
-    bad["nan"] = root / "bad" / "nan.nrrd"   # NRRD keeps NaNs (NIfTI reads them back as 0: gotchas.md)
+    bad["nan"] = root / "bad" / "nan.nrrd"   # NRRD keeps NaNs (SimpleITK reads NIfTI NaNs back as 0)
     sitk.WriteImage(lq.with_array(array).to_sitk(), str(bad["nan"]))
     return {"root": root, "good": good, "bad": bad}
 

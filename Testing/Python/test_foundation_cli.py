@@ -275,7 +275,7 @@ def test_factor_grid_and_model_errors(files, colin, fake_methods, capsys):
 
 
 def test_nifti_nan_reaches_the_engine_as_zero_as_documented(colin, tmp_path):
-    """SimpleITK reads NaN voxels of a NIfTI file as 0 (gotchas.md): the CLI's help says so. If this
+    """SimpleITK reads NaN voxels of a NIfTI file as 0 (measured with SimpleITK 2.5.7): the CLI's help says so. If this
     ever changes, NaNs in NIfTI become detected errors and the help text should be updated."""
     arr = colin[0].array.copy()
     arr[5, 5, 5] = np.nan

@@ -218,7 +218,7 @@ def test_bad_input_gives_one_clear_error_and_no_node(colin, make, words, blockin
 LEARNED = [m for m in available_methods() if get_method(m).needs_model]
 
 
-# Patch-regression methods need whole patches; the networks pad any volume (issue 4: "a volume
+# Patch-regression methods need whole patches; the networks pad any volume (the networks accept "a volume
 # whose size is not a multiple of anything must work"), so for them a tiny volume must succeed.
 PATCH_METHODS = {"srep", "linear", "forest"}
 

@@ -1,4 +1,4 @@
-"""Benchmark of the cohort batch (issue 8): throughput of a plain sequential loop against
+"""Benchmark of the cohort batch: throughput of a plain sequential loop against
 ``iqt-enhance batch`` with 1 and 2 local Dask workers, and Dask's overhead per volume.
 
 Run:  python Testing/benchmarks/bench_batch.py [--volumes 8] [--rounds 4] [--method linear] [--model FILE] [--fixtures]

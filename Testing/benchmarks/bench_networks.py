@@ -8,7 +8,7 @@ Inference: Colin27 T1 (181×217×181, 1 mm) simulated ×4 along k, SNR 20 → 45
 onto the 1 mm grid with the shipped model (or, when none is shipped yet, an untrained network of
 the default architecture: the time does not depend on the weights).  Every measurement runs in a
 fresh process so that the peak resident memory (ru_maxrss) is that of one enhancement.
-Targets (issue 4): < 60 s and < 4 GB on 2 CPU cores; < 2 s on a GPU.
+Targets: < 60 s and < 4 GB on 2 CPU cores; < 2 s on a GPU.
 The machine's load average is printed: on a shared machine, wall times are upper bounds; the CPU
 seconds of the enhancement (user + system) are less sensitive to other jobs (with 1 thread, the
 wall time on an idle machine is about the CPU time).

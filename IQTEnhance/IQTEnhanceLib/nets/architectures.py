@@ -1,7 +1,7 @@
 """IQT-DL and IQT-DDL networks, in the canonical frame: input [batch, 1, M, A, B] (M thick LQ slices,
 thick axis first), output [batch, 1, M*f, A, B] on the HQ grid.
 
-Design measured on our task (../shared/notes/methods.md, 2 CPU cores, 10 min of training):
+Design measured on our task (a prototype on 2 CPU cores, 10 min of training):
 3 levels on the LQ grid, two 3×3×3 convolutions per level with LeakyReLU and no normalisation,
 pooling (1, 2, 2) only (a thick-slice patch is only ~8 slices deep: never pool along it), nearest
 up-sampling, concatenated skips, and a head predicting the *residual* over the linear up-sampling
