@@ -37,7 +37,7 @@ from IQTEnhanceSlicer.logic import EnhanceLogic
 from IQTEnhanceSlicer.panel import ProcessingState
 from IQTEnhanceSlicer.tasks import BASELINE_METHOD
 
-PAPER = ("S. Eldaly, M. Figini, D. C. Alexander, \"Alternative Learning Paradigms for Image Quality Transfer\", "
+PAPER = ("A. K. Eldaly, M. Figini, D. C. Alexander, \"Alternative Learning Paradigms for Image Quality Transfer\", "
          "Machine Learning for Biomedical Imaging (MELBA), 2024, arXiv:2411.05885")
 POLL_INTERVAL_MS = 100  # progress bar refresh; the worker's own rate limit is 50 ms (IQTEnhanceLib.progress)
 
@@ -67,12 +67,26 @@ class IQTEnhance(ScriptedLoadableModule):
             "out = logic.enhance(inputNode, method='srep')</code>.<br>"
             f"Methods after: {PAPER}."
         )
+        # the module's sample (Sample Data module, category "IQT Enhance"), once Slicer has started
+        slicer.app.connect("startupCompleted()", registerSampleData)
         self.parent.acknowledgementText = _(
             "The methods follow Eldaly, Figini and Alexander, \"Alternative Learning Paradigms for Image "
             "Quality Transfer\" (MELBA 2024, <a href=\"https://arxiv.org/abs/2411.05885\">arXiv:2411.05885</a>), "
             "and the IQT work of the UCL Centre for Medical Image Computing. Shipped models are trained on the "
             "ICBM 2009 templates (McConnell Brain Imaging Centre); see the model cards for data and licences."
         )
+
+
+def registerSampleData() -> None:
+    """A real thick-slice T1 (Colin27, 4 mm slices) in the Sample Data module: "Download sample" then
+    "Apply" works on a fresh install, offline (the file ships with the module)."""
+    import SampleData
+
+    from IQTEnhanceSlicer import sample_data
+
+    resources = os.path.join(os.path.dirname(__file__), "Resources")
+    sample_data.register(SampleData.SampleDataLogic, resources,
+                         thumbnail=os.path.join(resources, "Icons", "IQTEnhance.png"))
 
 
 #
@@ -289,6 +303,26 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        self._restoreChoices()
+
+    def _restoreChoices(self) -> None:
+        """The method, device and options of the last Apply (QSettings, across Slicer restarts)."""
+        choices = panel.remembered_choices(qt.QSettings().value(panel.SETTINGS_KEY, ""))
+        p = self._parameterNode
+        with slicer.util.NodeModify(p):
+            if "method" in choices:
+                p.method = choices["method"]
+            if "device" in choices:
+                p.device = choices["device"]
+            if choices.get("options") and choices["method"] in OPTION_PACKS:
+                pack = getattr(p, optionsParameterName(choices["method"]))
+                fields = {f.option: f.field for f in panel.option_fields(choices["method"])}
+                for name, value in choices["options"].items():
+                    if name in fields:
+                        setattr(pack, fields[name], value)
+
+    def _rememberChoices(self, method: str, device: str, options: dict) -> None:
+        qt.QSettings().setValue(panel.SETTINGS_KEY, panel.settings_text(method, device, options))
 
     def _disconnectParameterNode(self) -> None:
         if self._parameterNode:
@@ -448,6 +482,7 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             pack = getattr(p, optionsParameterName(p.method))
             values = {f.field: getattr(pack, f.field) for f in panel.option_fields(p.method)}
             options = panel.options_from_fields(p.method, values)
+        self._rememberChoices(p.method, p.device, options)
         self._start(lambda **callbacks: self.logic.enhanceAsync(
             p.inputVolume, method=p.method, model=p.modelPath or None, device=p.device, outputNode=p.outputVolume,
             trustMap=p.trustMap and bool(self._entry(p.method).extras), **callbacks, **options),

@@ -925,7 +925,7 @@ def render_report(results: dict) -> str:
 
     if trust_corr:
         L.append("### SRep trust map\n")
-        L.append("Voxel-wise correlation of the trust map (SRep: the relative residual of the sparse code, high = "
+        L.append("Voxel-wise correlation of the trust map (SRep: the RMS residual of the sparse code, high = "
                  "the LQ patch is poorly explained by the dictionary) with the absolute error in the brain; "
                  "positive = the map points at the errors:\n")
         rows = [[f"`{m}`"] + [_cell(trust_corr, c, m, 2, signed=True) for c in case_names]

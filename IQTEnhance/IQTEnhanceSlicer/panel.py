@@ -303,3 +303,45 @@ def input_problems(input_node, method: str, model_path: str, device: str) -> lis
     if device == "cuda" and "torch" in sys.modules and not cuda_available():
         problems.append(f"GPU unavailable: {cuda_unavailable_reason()}.")
     return problems
+
+
+# -- remembered choices (QSettings across Slicer restarts) ---------------------------------------------
+SETTINGS_KEY = "IQTEnhance/lastChoices"
+
+
+def settings_text(method: str, device: str, options: dict) -> str:
+    """What the panel stores after Apply: the method, the device and its options (JSON)."""
+    import json
+
+    return json.dumps({"method": method, "device": device, "options": {method: dict(options)}}, sort_keys=True)
+
+
+def remembered_choices(text) -> dict:
+    """Stored choices that are still valid in this installation: {"method", "device", "options"}
+    (each key only when valid; options checked by the method's own declarations, invalid ones
+    dropped).  Never raises: a settings file from another version must not break the panel."""
+    import json
+
+    try:
+        stored = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    out = {}
+    method = stored.get("method")
+    if method in available_methods():
+        out["method"] = method
+        given = (stored.get("options") or {}).get(method) if isinstance(stored.get("options"), dict) else None
+        if isinstance(given, dict):
+            spec = get_method(method)
+            kept = {}
+            for name, value in given.items():
+                try:
+                    kept[name] = spec.validate_options({name: value})[name]
+                except IQTError:
+                    continue
+            out["options"] = kept
+    if stored.get("device") in ("auto", "cpu", "cuda"):
+        out["device"] = stored["device"]
+    return out

@@ -150,3 +150,21 @@ def test_ui_file_matches_the_widget_code():
     assert bound and not (bound - parameters), f"the .ui binds unknown parameters: {sorted(bound - parameters)}"
     for resource in re.findall(r'resourcePath\("([^"]+)"\)', code):
         assert (MODULE / "Resources" / resource).is_file(), f"IQTEnhance.py loads missing resource {resource}"
+
+
+def test_extensions_index_entry_agrees_with_the_extension_metadata():
+    """IQTEnhance.json is the draft catalog entry for Slicer's Extensions Index: its category,
+    dependencies and repository must be those CMakeLists.txt declares."""
+    import json
+    import re
+
+    entry = json.loads((ROOT / "IQTEnhance.json").read_text())
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+
+    def declared(name):
+        return re.search(rf'set\({name} "([^"]*)"\)', cmake).group(1)
+
+    assert entry["category"] == declared("EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == declared("EXTENSION_DEPENDS").split()
+    assert entry["scm_url"] == declared("EXTENSION_HOMEPAGE")
+    assert entry["build_subdirectory"] == "." and entry["scm_revision"]

@@ -248,3 +248,16 @@ def test_install_cancel_kills_pip_and_declining_changes_nothing(tmp_path):
     with pytest.raises(deps.DependencyError, match="cancelled"):
         deps.finish_install(job, ["iqtenhance_never"])
     assert not (tmp_path / "t").exists() or not any((tmp_path / "t").iterdir())
+
+
+def test_remembered_choices_survive_only_when_still_valid():
+    text = panel.settings_text("srep", "cpu", {"lam": 0.05, "stride_inplane": 1})
+    assert panel.remembered_choices(text) == {"method": "srep", "device": "cpu",
+                                              "options": {"lam": 0.05, "stride_inplane": 1}}
+    # a value the engine now refuses, an option that no longer exists, an unknown method or device:
+    # dropped, never an error when the panel opens
+    stale = '{"method": "srep", "device": "tpu", "options": {"srep": {"stride_inplane": 0, "gone": 1, "lam": 0.1}}}'
+    assert panel.remembered_choices(stale) == {"method": "srep", "options": {"lam": 0.1}}
+    assert panel.remembered_choices('{"method": "magic"}') == {}
+    for broken in ("", "not json", "[1, 2]", None):
+        assert panel.remembered_choices(broken) == {}
