@@ -255,7 +255,8 @@ def add_method_options(parser, group_title: str, options, method: str) -> None:
         flag = _flag(option.name)
         if flag in parser._option_string_actions:  # noqa: SLF001 (argparse has no public lookup)
             continue
-        text = f"{option.help} (default: {option.default})".replace("%", "%%")
+        bounds = "" if option.choices or option.type in (bool, str) else f"; {option.requirement()}"
+        text = f"{option.help} (default: {option.default}{bounds})".replace("%", "%%")
         if option.type is bool:
             group.add_argument(flag, dest=f"opt__{option.name}", default=None,
                                action=argparse.BooleanOptionalAction, help=text)
