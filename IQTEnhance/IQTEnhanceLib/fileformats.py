@@ -247,6 +247,34 @@ def _meta_header(path: Path) -> dict:
     return fields
 
 
+def _data_file(path: Path, name, local_offset: int):
+    """(data file, offset of the voxels in it) for a header naming ``name`` (None/LOCAL: the header's
+    own file); None for a list or pattern of files (left to ITK)."""
+    if not name or name.upper() == "LOCAL":
+        return path, local_offset
+    if " " in name.strip() or name.upper() == "LIST":
+        return None
+    data = path.parent / name.strip()
+    if not data.is_file():
+        raise InputError(f"{path}: its data file {data.name} is missing")
+    return data, 0
+
+
+def _check_length(path: Path, data: Path, offset: int, expected: int, compressed: bool, skip: int = 0) -> None:
+    """Truncated unless the (decompressed) voxel data hold ``expected`` bytes."""
+    if compressed:
+        try:
+            got = _gunzip_length(data, offset, limit=expected)
+        except EOFError:
+            raise _truncated(path, "the compressed stream ends early") from None
+        except (zlib.error, OSError):
+            return  # a corrupt stream: ITK reports it
+    else:
+        got = data.stat().st_size - offset - max(skip, 0)
+    if got < expected:
+        raise _truncated(path, f"{got} of the {expected} data bytes its header promises")
+
+
 def _check_meta(path: Path) -> None:
     try:
         h = _meta_header(path)
@@ -254,32 +282,16 @@ def _check_meta(path: Path) -> None:
         item = _META_BYTES[h["ElementType"]] * int(h.get("ElementNumberOfChannels", "1"))
     except (OSError, ValueError, KeyError):
         return
-    name = h.get("ElementDataFile", "LOCAL")
-    if name.upper() == "LOCAL":
-        data, offset = path, h["_header_bytes"]
-    elif " " in name or name.upper() == "LIST":
+    located = _data_file(path, h.get("ElementDataFile", "LOCAL"), h["_header_bytes"])
+    if located is None:
         return
-    else:
-        data, offset = path.parent / name, 0
-        if not data.is_file():
-            raise InputError(f"{path}: its data file {data.name} is missing")
-    header_size = int(h.get("HeaderSize", "0") or 0)
-    expected = int(np.prod(dims, dtype=np.int64)) * item
-    if h.get("CompressedData", "False").lower() == "true":
-        declared = int(h.get("CompressedDataSize", "0") or 0)
-        have = data.stat().st_size - offset
-        if declared and have < declared:
-            raise _truncated(path, f"{have} of the {declared} compressed bytes its header promises")
-        try:
-            got = _gunzip_length(data, offset, limit=expected)
-        except EOFError:
-            raise _truncated(path, "the compressed stream ends early") from None
-        except (zlib.error, OSError):
-            return  # ITK reports a corrupt stream
-    else:
-        got = data.stat().st_size - offset - max(header_size, 0)
-    if got < expected:
-        raise _truncated(path, f"{got} of the {expected} data bytes its header promises")
+    data, offset = located
+    compressed = h.get("CompressedData", "False").lower() == "true"
+    declared = int(h.get("CompressedDataSize", "0") or 0)
+    if compressed and declared and data.stat().st_size - offset < declared:
+        raise _truncated(path, f"{data.stat().st_size - offset} of the {declared} compressed bytes its header promises")
+    _check_length(path, data, offset, int(np.prod(dims, dtype=np.int64)) * item, compressed,
+                  skip=int(h.get("HeaderSize", "0") or 0))
 
 
 def _nrrd_header(path: Path) -> dict:
@@ -308,27 +320,7 @@ def _check_nrrd(path: Path) -> None:
     except (OSError, ValueError, KeyError, StopIteration):
         return
     encoding = h.get("encoding", "raw").lower()
-    name = h.get("data file") or h.get("datafile")
-    if name:
-        if " " in name.strip() or name.upper() == "LIST":
-            return
-        data, offset = path.parent / name, 0
-        if not data.is_file():
-            raise InputError(f"{path}: its data file {data.name} is missing")
-    else:
-        data, offset = path, h["_header_bytes"]
-    expected = int(np.prod(sizes, dtype=np.int64)) * item
-    if encoding == "raw":
-        got = data.stat().st_size - offset
-    elif encoding in ("gzip", "gz"):
-        try:
-            got = _gunzip_length(data, offset, limit=expected)
-        except EOFError:
-            raise _truncated(path, "the gzip stream ends early") from None
-        except (zlib.error, OSError):
-            return
-    else:
+    located = _data_file(path, h.get("data file") or h.get("datafile"), h["_header_bytes"])
+    if located is None or encoding not in ("raw", "gzip", "gz"):
         return
-    if got < expected:
-        raise _truncated(path, f"{got} of the {expected} data bytes its header promises")
-
+    _check_length(path, *located, int(np.prod(sizes, dtype=np.int64)) * item, encoding != "raw")
