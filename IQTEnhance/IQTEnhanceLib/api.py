@@ -163,50 +163,99 @@ def check_memory(lq: Volume, method: str, factor: int) -> int:
     return need
 
 
-def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None,
-            device: str = "auto", progress=None, cancel=None, **options) -> EnhanceResult:
-    """Enhance ``lq`` onto its HQ grid (``factor`` × finer along the thick ``axis``).
+@dataclasses.dataclass
+class EnhancePlan:
+    """Everything about one enhancement that is decided before any work, resolved once by
+    :func:`plan`: a bad option, model, device, factor or memory need fails there, and front ends
+    (CLI, batch, Slicer) can show or record the plan before they run it with :func:`execute`."""
 
-    ``model``: a path or :class:`ModelFile` (default: the shipped model of the method).
-    ``axis``: ``i``/``j``/``k``, default the axis with the largest spacing.  ``factor`` defaults to
-    the model's, else to the input's thick/in-plane spacing ratio (:func:`spacing_factor`), else 4.  ``progress(fraction, message)`` and ``cancel()`` are
-    called between batches; cancelling raises :class:`~.errors.CancelledError`.  The input volume
-    is never modified.
-    """
-    started = time.perf_counter()
-    reporter = as_reporter(progress, cancel, stage=method)
+    method: str
+    label: str
+    model: Optional[ModelFile]
+    factor: int
+    axis: str
+    device: str                      # "cpu" / "cuda"; "auto" when not probed (see plan's probe_device)
+    options: dict                    # every method option, checked and converted
+    memory_bytes: int                # the estimate the memory check used
+    warnings: list
+    geometry: dict                   # the output's HQ grid (grid.hq_geometry)
+    input_shape: tuple
+
+
+def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None, device: str = "auto",
+         options: Optional[dict] = None, probe_device: bool = True) -> EnhancePlan:
+    """The one preflight of :func:`enhance`: input, method, model, factor and axis, device, options
+    and memory, each checked once.  ``probe_device=False`` checks the device name without importing
+    torch (the Slicer panel: the worker process probes the GPU)."""
     spec = get_method(method)
     validate_input(lq)
     model = resolve_model(method, model)
     factor, axis = resolve_factor_axis(lq, model, factor, axis)
-    device_name = resolve_device(device) if spec.needs_torch else "cpu"
+    if not spec.needs_torch:
+        device_name = "cpu"
+    elif probe_device:
+        device_name = resolve_device(device)
+    else:
+        from .devices import check_device_name
+
+        device_name = check_device_name(device)
     opts = spec.validate_options(options)
     memory = check_memory(lq, method, factor)
     notes = spacing_warnings(lq, model, factor, axis)
     if not spec.needs_torch and str(device or "auto").lower() not in ("auto", "cpu"):
         notes.append(f"{method} always runs on the CPU (it does not use PyTorch); device {device} was ignored")
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
-    ax = array_axis(axis)
+    return EnhancePlan(method, spec.label, model, factor, axis, device_name, opts, memory, notes,
+                       hq_geometry(lq, factor, axis), tuple(lq.array.shape))
+
+
+def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None) -> EnhanceResult:
+    """Run a :func:`plan` on the volume it was made for (its warnings are issued here)."""
+    started = time.perf_counter()
+    if tuple(lq.array.shape) != plan_.input_shape:
+        raise InputError(f"the plan was made for a {plan_.input_shape} volume, not {tuple(lq.array.shape)}")
+    spec = get_method(plan_.method)
+    device_name = resolve_device(plan_.device) if spec.needs_torch else "cpu"   # a no-op once probed
+    reporter = as_reporter(progress, cancel, stage=plan_.method)
+    for note in plan_.warnings:
+        warnings.warn(note, stacklevel=3)
+    ax = array_axis(plan_.axis)
     array = np.asarray(lq.array, dtype=np.float32)  # a copy for non-float32 input; never written to
     scale = intensity_scale(array)
     canonical = np.ascontiguousarray(to_canonical(array, ax)) / np.float32(scale)
     reporter(0.0, f"{spec.label}: starting", force=True)
-    hq_c, extras_c = spec.enhance(canonical, factor, model, device_name, reporter.sub(0.0, 1.0, spec.label), **opts)
-    geometry = hq_geometry(lq, factor, axis)
+    hq_c, extras_c = spec.enhance(canonical, plan_.factor, plan_.model, device_name,
+                                  reporter.sub(0.0, 1.0, spec.label), **plan_.options)
+    geometry = plan_.geometry
     hq = from_canonical(np.asarray(hq_c, dtype=np.float32) * np.float32(scale), ax)
     if hq.shape != tuple(geometry["shape"]):
-        raise RuntimeError(f"{method} returned shape {hq.shape}, expected {geometry['shape']}")
+        raise RuntimeError(f"{plan_.method} returned shape {hq.shape}, expected {geometry['shape']}")
     make = lambda a: Volume(a, geometry["spacing"], geometry["origin"], geometry["direction"])  # noqa: E731
     extras = {k: make(from_canonical(np.asarray(v, dtype=np.float32), ax)) for k, v in extras_c.items()}
     reporter(1.0, "done", force=True)
+    model = plan_.model
     info = {
-        "method": method, "label": spec.label, "factor": factor, "axis": axis, "device": device_name,
-        "model": model.name if model else None, "model_sha256": model.checksum if model else None,
-        "options": opts, "intensity_scale": scale, "seconds": time.perf_counter() - started,
-        "warnings": notes, "memory_estimate_bytes": memory,
+        "method": plan_.method, "label": spec.label, "factor": plan_.factor, "axis": plan_.axis,
+        "device": device_name, "model": model.name if model else None,
+        "model_sha256": model.checksum if model else None, "options": plan_.options, "intensity_scale": scale,
+        "seconds": time.perf_counter() - started, "warnings": list(plan_.warnings),
+        "memory_estimate_bytes": plan_.memory_bytes,
     }
     return EnhanceResult(make(hq), extras, info)
+
+
+def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None,
+            device: str = "auto", progress=None, cancel=None, **options) -> EnhanceResult:
+    """Enhance ``lq`` onto its HQ grid (``factor`` × finer along the thick ``axis``): :func:`plan`
+    then :func:`execute`.
+
+    ``model``: a path or :class:`ModelFile` (default: the shipped model of the method).
+    ``axis``: ``i``/``j``/``k``, default the axis with the largest spacing.  ``factor`` defaults to
+    the model's, else to the input's thick/in-plane spacing ratio (:func:`spacing_factor`), else 4.
+    ``progress(fraction, message)`` and ``cancel()`` are called between batches; cancelling raises
+    :class:`~.errors.CancelledError`.  The input volume is never modified.
+    """
+    return execute(lq, plan(lq, method, model=model, factor=factor, axis=axis, device=device, options=options),
+                   progress, cancel)
 
 
 def train(method: str, hq_volumes: list, *, factor: int = 4, masks: Optional[list] = None,

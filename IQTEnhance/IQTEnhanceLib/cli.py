@@ -392,7 +392,7 @@ def cmd_simulate(args) -> int:
 
 def cmd_enhance(args) -> int:
     from . import __version__
-    from .api import enhance
+    from .api import execute, plan
     from .methods import get_method
 
     spec = get_method(args.method)
@@ -413,8 +413,9 @@ def cmd_enhance(args) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = enhance(lq, args.method, model=args.model, factor=args.factor, axis=args.axis,
-                             device=args.device, progress=progress, cancel=cancel_requested, **options)
+            planned = plan(lq, args.method, model=args.model, factor=args.factor, axis=args.axis,
+                           device=args.device, options=options)
+            result = execute(lq, planned, progress=progress, cancel=cancel_requested)
     finally:
         progress.close()
     for w in caught:

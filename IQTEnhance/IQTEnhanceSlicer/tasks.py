@@ -18,7 +18,6 @@ import sys
 from typing import Optional
 
 from IQTEnhanceLib import api
-from IQTEnhanceLib.devices import check_device_name, resolve_device
 from IQTEnhanceLib.errors import InputError
 from IQTEnhanceLib.methods import get_method
 from IQTEnhanceLib.progress import Reporter, as_reporter
@@ -45,20 +44,20 @@ class EnhanceRequest:
     axis: Optional[str] = None
     extras: bool = False
 
-    def validate(self) -> None:
-        """Fail fast, on the main thread, for what the engine would reject only later."""
+    def validate(self, volume: Volume) -> "api.EnhancePlan":
+        """Fail fast, on the main thread, for what the engine would reject only later: the engine's
+        own preflight (:func:`IQTEnhanceLib.api.plan`: options, model, factor and axis, memory).
+        The GPU is probed only when torch is imported already (importing it takes seconds on the
+        GUI thread); otherwise the worker process probes it."""
         spec = get_method(self.method)
-        self.options = {k: v for k, v in spec.validate_options(self.options).items() if k in self.options}
         if self.extras and not spec.extras:
             raise InputError(f"method {self.method} makes no extra maps (such as a trust map)")
-        if spec.needs_torch:
-            if "torch" in sys.modules:
-                resolve_device(self.device)  # clear error now when CUDA was asked for and is missing
-            else:   # probing the GPU imports torch (seconds): the worker does it, off the GUI thread
-                check_device_name(self.device)
-        # Load the model here, once: a missing, corrupt or foreign file fails before any thread starts,
-        # and the worker gets the loaded ModelFile instead of reading the file again.
-        self.model = api.resolve_model(self.method, self.model)
+        planned = api.plan(volume, self.method, model=self.model, factor=self.factor, axis=self.axis,
+                           device=self.device, options=self.engine_options(), probe_device="torch" in sys.modules)
+        # the model is loaded once, here; the thread backend uses the loaded file, the worker its path
+        self.model = planned.model
+        self.options = {k: v for k, v in planned.options.items() if k in self.options}
+        return planned
 
     def engine_options(self) -> dict:
         """Options passed to the engine.  Asking for extras switches on the method's boolean options
@@ -107,7 +106,7 @@ class EnhanceTask:
         self.input_volume = mrml.volume_from_node(input_node)  # checks the node; copies the voxels
         check_enhanceable(self.input_volume, source)
         for request in requests:
-            request.validate()
+            request.validate(self.input_volume)
         if output_node is not None:
             if len(requests) != 1:
                 raise InputError("an output volume can be given for one method only; Compare makes new volumes")

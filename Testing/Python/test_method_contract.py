@@ -84,3 +84,29 @@ def test_enhance_returns_the_hq_grid_and_the_extra_switch_works(method, small_lq
         assert extra in with_extra.extras
         assert with_extra.extras[extra].array.shape == result.volume.array.shape
         np.testing.assert_allclose(with_extra.volume.array, result.volume.array, rtol=1e-5, atol=1e-3)
+
+
+def test_one_preflight_then_execute(small_lq, monkeypatch):
+    """api.plan resolves method, model, factor, axis, device, options and memory once; a fault is
+    raised there, before any work; execute runs the plan and equals enhance."""
+    planned = api.plan(small_lq, "srep", device="cpu", options={"stride_inplane": "2"})
+    assert planned.factor == 4 and planned.axis == "k" and planned.model.method == "srep"
+    assert planned.options["stride_inplane"] == 2 and planned.options["lam"] == 0.0
+    assert planned.geometry["shape"] == (small_lq.array.shape[0] * 4,) + small_lq.array.shape[1:]
+    assert planned.memory_bytes > 0
+    done = api.execute(small_lq, planned)
+    again = api.enhance(small_lq, "srep", device="cpu", stride_inplane=2)
+    np.testing.assert_array_equal(done.volume.array, again.volume.array)
+    assert done.info["options"] == again.info["options"]
+    calls = []
+    monkeypatch.setattr(get_method("srep"), "enhance", lambda *a, **k: calls.append(1))
+    for bad in ({"stride_inplane": 0}, {"no_such": 1}):
+        with pytest.raises(InputError):
+            api.plan(small_lq, "srep", device="cpu", options=bad)
+    monkeypatch.setenv("IQT_MEMORY_LIMIT", "1K")
+    with pytest.raises(InputError, match="memory"):
+        api.plan(small_lq, "srep", device="cpu")
+    assert not calls
+    other = Volume(small_lq.array[:, :20], small_lq.spacing, small_lq.origin, small_lq.direction)
+    with pytest.raises(InputError, match="plan was made for"):
+        api.execute(other, planned)

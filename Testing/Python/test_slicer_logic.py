@@ -137,12 +137,16 @@ def test_worker_error_is_reported_with_details_and_adds_no_node(colin):
     node = add_lq_node(s, colin[0], AXIS_ALIGNED_RAS)
     before = node_ids(s)
     errors = []
-    # factor 1 passes the main-thread checks and is refused by the engine in the worker
-    run = EnhanceLogic(s).start_enhance(node, "trilinear", factor=1, on_error=lambda m, d: errors.append((m, d)))
+    # a factor of 1 is refused on the main thread, before anything starts
+    with pytest.raises(InputError, match="factor"):
+        EnhanceLogic(s).start_enhance(node, "trilinear", factor=1)
+    # a worker whose memory limit is tiny refuses the run there: an error with details, no node
+    run = EnhanceLogic(s).start_enhance(node, "trilinear", worker_env={"IQT_MEMORY_LIMIT": "1K"},
+                                        on_error=lambda m, d: errors.append((m, d)))
     assert run.wait(timeout=60)
     assert run.state is JobState.FAILED
     (message, details), = errors
-    assert "factor" in message and "Traceback" in details and "Log:" in details
+    assert "memory" in message and "Traceback" in details and "Log:" in details
     assert node_ids(s) == before
 
 
