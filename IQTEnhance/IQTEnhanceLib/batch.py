@@ -385,8 +385,9 @@ def _process(job: dict, settings: dict, row: dict) -> None:
 
     lq = read_volume(job["input"])
     model = cached_model(model_path, model_sha) if model_path else None
-    result = api.enhance(lq, method, model=model, factor=settings.get("factor"), axis=settings.get("axis"),
-                         device=settings.get("device", "auto"), **(settings.get("options") or {}))
+    planned = api.plan(lq, method, model=model, factor=settings.get("factor"), axis=settings.get("axis"),
+                       device=settings.get("device", "auto"), options=settings.get("options"))
+    result = api.execute(lq, planned)
     row["device"] = result.info["device"]
     row["warnings"] = "; ".join(result.info.get("warnings") or [])
     if model is not None:
