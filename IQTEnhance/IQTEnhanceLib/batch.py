@@ -847,8 +847,7 @@ def _needs_model(method: str) -> bool:
 
 
 def _open_client(client, scheduler, cluster, cluster_config, workers, threads, retries, settings, log):
-    """(client, what to close afterwards or None, description)."""
-    require_module("distributed", "iqt-enhance batch", DASK_INSTALL)
+    """(client, what to close afterwards or None, description); run_batch checked for dask."""
     import dask
     from distributed import Client
 
@@ -869,7 +868,7 @@ def _open_client(client, scheduler, cluster, cluster_config, workers, threads, r
         config = read_cluster_config(cluster_config)
         with dask.config.set({"distributed.scheduler.allowed-failures": int(retries)}):
             jq, threads = make_jobqueue_cluster(cluster, config, workers, threads,
-                                                dashboard=settings.get("dashboard") or DEFAULT_DASHBOARD)
+                                                dashboard=settings["dashboard"])
         settings["threads"] = threads
         client = Client(jq)
         info = {"kind": cluster, "threads_per_volume": threads, "job_script": jq.job_script()}
@@ -884,7 +883,7 @@ def _open_client(client, scheduler, cluster, cluster_config, workers, threads, r
         if n * threads > available_cores():
             log(f"warning: {n} workers × {threads} threads exceed the {available_cores()} cores of this machine")
         settings["threads"] = threads
-        lc = start_local_cluster(n, threads, retries, settings.get("dashboard") or DEFAULT_DASHBOARD)
+        lc = start_local_cluster(n, threads, retries, settings["dashboard"])
         client = Client(lc)
         info = {"kind": "local", "workers": n, "threads_per_volume": threads}
         log(f"Local Dask cluster: {n} worker process(es), each one volume at a time with {threads} thread(s)")

@@ -61,12 +61,6 @@ def sidecar_path(path) -> Path:
     return base.with_name(base.name + ".json")
 
 
-def check_output_path(path, inputs=(), kind: str = "volume") -> Path:
-    """One output file (see :func:`check_outputs`); ``inputs`` are volume files."""
-    check_outputs([("output", path, kind)], [("input", p, "volume") for p in inputs if p is not None])
-    return Path(path)
-
-
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         with contextlib.suppress(OSError):

@@ -46,14 +46,9 @@ def check_device_name(device: str | None) -> str:
 
 
 def resolve_device(device: str | None) -> str:
-    """'auto' → 'cuda' when available else 'cpu'; 'gpu' is an alias of 'cuda'."""
-    d = (device or "auto").lower()
-    if d == "gpu":
-        d = "cuda"
-    if d.startswith("cuda:"):
-        d, _ = "cuda", d
-    if d not in DEVICES:
-        raise InputError(f"device must be one of auto, cpu, cuda (got {device!r})")
+    """'auto' → 'cuda' when available else 'cpu'; 'gpu' is an alias of 'cuda' (the name checked by
+    :func:`check_device_name`, then the GPU probed)."""
+    d = check_device_name(device)
     if d == "auto":
         return "cuda" if cuda_available() else "cpu"
     if d == "cuda" and not cuda_available():

@@ -12,6 +12,7 @@ those of a destination whose writing process no longer runs (``enhance`` calls i
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -59,15 +60,11 @@ def stale_partials(path) -> list:
     if not folder.is_dir():
         return []
     stale = []
-    for item in folder.glob(f".{glob_escape(path.name)}{PARTIAL_MARK}*"):
+    for item in folder.glob(f".{glob.escape(path.name)}{PARTIAL_MARK}*"):
         match = _PARTIAL_PID.search(item.name[len(path.name) + 1:])
         if match is None or not _pid_running(int(match.group(1))):
             stale.append(item)
     return sorted(stale)
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def remove_stale_partials(path) -> list:

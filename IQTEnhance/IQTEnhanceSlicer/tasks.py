@@ -44,7 +44,7 @@ class EnhanceRequest:
     axis: Optional[str] = None
     extras: bool = False
 
-    def validate(self, volume: Volume) -> "api.EnhancePlan":
+    def validate(self, volume: Volume) -> None:
         """Fail fast, on the main thread, for what the engine would reject only later: the engine's
         own preflight (:func:`IQTEnhanceLib.api.plan`: options, model, factor and axis, memory).
         The GPU is probed only when torch is imported already (importing it takes seconds on the
@@ -57,7 +57,6 @@ class EnhanceRequest:
         # the model is loaded once, here; the thread backend uses the loaded file, the worker its path
         self.model = planned.model
         self.options = {k: v for k, v in planned.options.items() if k in self.options}
-        return planned
 
     def engine_options(self) -> dict:
         """Options passed to the engine.  Asking for extras switches on the method's boolean options

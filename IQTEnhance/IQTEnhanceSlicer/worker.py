@@ -28,6 +28,7 @@ after :data:`IDLE_SECONDS` unused.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ from typing import Optional
 
 import numpy as np
 
+from .deps import module_available
 from .runner import JobResultMixin, JobState, ProgressUpdate, estimate_remaining
 
 MODULE_DIR = Path(__file__).resolve().parents[1]      # the folder holding IQTEnhanceLib and IQTEnhanceSlicer
@@ -77,11 +79,10 @@ class _Worker:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        for stream in (self.process.stdin,):
-            try:
-                stream.close()
-            except (OSError, AttributeError):
-                pass
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
 
 
 _idle: list = []
@@ -128,8 +129,6 @@ def shutdown_workers() -> None:
         _idle.pop().kill()
 
 
-import atexit  # noqa: E402
-
 atexit.register(shutdown_workers)
 
 
@@ -173,7 +172,6 @@ class ProcessJob(JobResultMixin):
         self._state = JobState.PENDING
         self.folder: Optional[Path] = None
         self.worker: Optional[_Worker] = None
-        self.process: Optional[subprocess.Popen] = None
         self._offset = 0
         self._latest = None
         self._result = None
@@ -198,7 +196,6 @@ class ProcessJob(JobResultMixin):
                       "requests": [_request_record(r, self.folder, i) for i, r in enumerate(self.task.requests)]}
             (self.folder / "task.json").write_text(json.dumps(record))
             self.worker = _acquire(self.python, self.extra_env)
-            self.process = self.worker.process
             self.worker.submit(self.folder)
         except BaseException:
             if self.worker is not None:
@@ -232,6 +229,10 @@ class ProcessJob(JobResultMixin):
     @property
     def finished(self) -> bool:
         return self.state.finished
+
+    @property
+    def process(self) -> Optional[subprocess.Popen]:
+        return self.worker.process if self.worker is not None else None
 
     @property
     def pid(self) -> Optional[int]:
@@ -448,7 +449,7 @@ def serve() -> None:
         import IQTEnhanceLib.api  # noqa: F401
 
         from . import tasks  # noqa: F401
-        if importlib_util_find_spec("torch"):
+        if module_available("torch"):
             import torch  # noqa: F401
     except Exception:  # noqa: BLE001 - the task reports any import problem with its traceback
         pass
@@ -470,15 +471,6 @@ def serve() -> None:
             for fd in (out_fd, *saved):
                 os.close(fd)
         (folder / "finished").write_text(str(code))
-
-
-def importlib_util_find_spec(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 if __name__ == "__main__":

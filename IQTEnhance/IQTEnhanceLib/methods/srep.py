@@ -175,11 +175,9 @@ def enhance(lq, factor, model, device, reporter, **options):
         raise InputError(f"the input ({'×'.join(map(str, lq.shape))} voxels, thick axis first) is smaller than "
                          f"the model's {'×'.join(map(str, m.lq_patch))} patch")
     lam = options["lam"] or m.lam
-    stride = (options["stride_thick"], options["stride_inplane"],
-              options["stride_inplane"])
+    stride = (options["stride_thick"], options["stride_inplane"], options["stride_inplane"])
     batch_size = options["batch_size"]
-    coder = Coder(m, lam, options["solver"], device, options["max_iter"],
-                  options["tol"])
+    coder = Coder(m, lam, options["solver"], device, options["max_iter"], options["tol"])
     want_trust = bool(options["trust_map"])
     mask = _foreground(lq) if options["skip_background"] else None
     if mask is not None and not mask.any():
@@ -300,8 +298,7 @@ def train(pairs, factor, options, reporter, provenance):
     formulation = str(options["formulation"])
     if formulation not in FORMULATIONS:
         raise InputError(f"formulation must be one of {', '.join(FORMULATIONS)} (got {formulation!r})")
-    lq_patch = (options["patch_thick"], options["patch_inplane"],
-                options["patch_inplane"])
+    lq_patch = (options["patch_thick"], options["patch_inplane"], options["patch_inplane"])
     hq_patch = hq_patch_shape(lq_patch, factor, 0)
     K = options["atoms"]
     lam = options["lam"]
