@@ -202,6 +202,11 @@ def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis
     opts = spec.validate_options(options)
     memory = check_memory(lq, method, factor)
     notes = spacing_warnings(lq, model, factor, axis)
+    check = model.training.get("heldout_check") if model is not None else None
+    if isinstance(check, dict) and check.get("beats_linear") is False:
+        notes.append(f"{model.name} did not beat linear interpolation on held-out data when it was trained "
+                     f"(NRMSE {check.get('nrmse')} vs {check.get('nrmse_trilinear')}); its output may be worse "
+                     "than trilinear interpolation")
     if not spec.needs_torch and str(device or "auto").lower() not in ("auto", "cpu"):
         notes.append(f"{method} always runs on the CPU (it does not use PyTorch); device {device} was ignored")
     return EnhancePlan(method, spec.label, model, factor, axis, device_name, opts, memory, notes,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CancelledError, InputError, IQTError
+from .errors import CancelledError, InputError, IQTError, require_module
 from .files import atomic_path, write_json_atomic, write_text_atomic
 from .volume import SUPPORTED_SUFFIXES, Volume, read_volume, write_volume
 
@@ -161,6 +161,14 @@ class Outputs:
         return path
 
     def add(self, path) -> Path:
+        self.written.append(Path(path))
+        return Path(path)
+
+    def figure(self, fig, path, dpi: int = 110) -> Path:
+        """A matplotlib figure as PNG (atomic)."""
+        check_cancel()
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
         self.written.append(Path(path))
         return Path(path)
 
@@ -511,10 +519,14 @@ def cmd_train(args) -> int:
     progress = progress_for(args, f"training {args.method}")
     started = time.perf_counter()
     try:
-        model = train(args.method, volumes, factor=args.factor, masks=masks, output=None, name=args.name,
-                      seed=args.seed, progress=progress, cancel=cancel_requested, data_names=names, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = train(args.method, volumes, factor=args.factor, masks=masks, output=None, name=args.name,
+                          seed=args.seed, progress=progress, cancel=cancel_requested, data_names=names, **options)
     finally:
         progress.close()
+    for w in caught:
+        print(f"{PROG}: WARNING: {w.message}", file=sys.stderr)
     from .models import save_model
 
     check_cancel()
@@ -542,6 +554,8 @@ def cmd_models(args) -> int:
     from .methods import METHOD_MODULES, get_method
     from .models import shipped_manifest, shipped_models_dir
 
+    if args.show_dictionary:
+        return show_dictionary(args)
     entries = shipped_manifest()
     if args.json:
         print(json.dumps(entries, indent=2))
@@ -564,6 +578,50 @@ def cmd_models(args) -> int:
         except ImportError as exc:
             state = f"unavailable ({exc})"
         info(args, f"  {name:10s} {state}")
+    return 0
+
+
+def show_dictionary(args) -> int:
+    """Print the learned HQ dictionary of an IQT-DDL model (atoms by how much of the output they
+    make on average: largest first) and optionally draw it as a PNG."""
+    from .api import resolve_model
+    from .methods.networks import dictionary_atoms
+
+    png = Path(args.png) if args.png else None
+    if png is not None:
+        check_outputs([("--png", png, "table")], [("--show-dictionary", Path(args.show_dictionary), "file")]
+                      if Path(args.show_dictionary).exists() else [])
+    from .models import shipped_models, shipped_models_dir
+
+    source = args.show_dictionary
+    named = {e["name"]: shipped_models_dir() / e["file"] for e in shipped_models("ddl")}
+    model = resolve_model("ddl", None if source == "default" else named.get(source, source))
+    atoms = dictionary_atoms(model)                      # K × f × n × n
+    k, f, n, _ = atoms.shape
+    norms = np.sqrt((atoms.reshape(k, -1) ** 2).sum(axis=1))
+    order = np.argsort(-norms)
+    info(args, f"{model.describe()}: {k} atoms of {f}×{n}×{n} HQ voxels (residual over linear interpolation, "
+               "in units of the input's intensity scale); sub-slice values of each atom's centre column:")
+    for rank, a in enumerate(order):
+        column = atoms[a, :, n // 2, n // 2]
+        info(args, f"  atom {a:3d}  norm {norms[a]:.4f}  " + " ".join(f"{v:+.4f}" for v in column))
+    if png is not None:
+        plt = require_module("matplotlib.pyplot", "--png", "pip install matplotlib")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        image = atoms[order].transpose(0, 2, 1, 3).reshape(k * n, f * n) if n > 1 else atoms[order, :, 0, 0]
+        limit = float(np.abs(image).max()) or 1.0
+        fig, ax = plt.subplots(figsize=(2 + 0.4 * f * n, 2 + 0.08 * k * n))
+        shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+        ax.set_xlabel("HQ sub-slice along the thick axis" + (" × in-plane neighbour" if n > 1 else ""))
+        ax.set_ylabel("atom (largest norm first)")
+        ax.set_title(f"{model.name}: {k} learned HQ atoms")
+        fig.colorbar(shown, ax=ax, label="residual / intensity scale")
+        fig.tight_layout()
+        args._outputs.figure(fig, png)
+        plt.close(fig)
+        info(args, f"wrote {png}")
     return 0
 
 
@@ -910,6 +968,10 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     p = sub.add_parser("models", parents=[common], formatter_class=_Formatter,
                        help="list the shipped models and the installed methods")
     p.add_argument("--json", action="store_true", help="print the shipped-model manifest as JSON")
+    p.add_argument("--show-dictionary", metavar="MODEL",
+                   help="print the learned HQ dictionary of an IQT-DDL model (a .iqtm file, a shipped model's name, "
+                        "or 'default')")
+    p.add_argument("--png", metavar="FILE", help="with --show-dictionary: also draw the atoms into this PNG")
     p.set_defaults(func=cmd_models)
 
     # demo

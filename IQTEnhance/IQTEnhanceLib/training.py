@@ -51,6 +51,15 @@ class TrainingPairs:
             self.masks.append(mask)
         self._fixed = None
 
+    def subset(self, indices) -> "TrainingPairs":
+        """The same pairs restricted to some volumes (e.g. all but one held out)."""
+        out = TrainingPairs.__new__(TrainingPairs)
+        out.factor, out.seed, out.simulation, out.axes = self.factor, self.seed, self.simulation, self.axes
+        out.hq = [self.hq[i] for i in indices]
+        out.masks = [self.masks[i] for i in indices]
+        out._fixed = None
+        return out
+
     @property
     def simulation_record(self) -> dict:
         if isinstance(self.simulation, ParameterRanges):

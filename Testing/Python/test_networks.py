@@ -267,3 +267,74 @@ def test_cuda_batch_size_comes_from_free_memory(models):
 
     net = network_from_model(models["ddl"], "cuda")
     assert 1 <= auto_batch_size(net, (16, 160, 160), "cuda") <= 64
+
+
+DDL_VARIANTS = [dict(generator=g, compensation=c) for g in (False, True) for c in (False, True)]
+
+
+@pytest.mark.parametrize("variant", DDL_VARIANTS, ids=lambda v: "-".join(k for k, on in v.items() if on) or "free")
+@pytest.mark.parametrize("factor,shape", [(4, (5, 13, 11)), (3, (3, 7, 9)), (2, (7, 5, 6))])
+def test_ddl_variants_give_hq_shapes_and_start_as_linear_interpolation(rng, variant, factor, shape):
+    """The SRDD variants (dictionary generator, compensation branch) on odd sizes: HQ grid shape, and the
+    untrained network is exactly linear interpolation (zero logits, centred atoms)."""
+    net = build_network("ddl", factor, 4, 2, 64, 1, 0, logit_scale=2.0, **variant)
+    x = torch.from_numpy(rng.uniform(0, 1, size=(2, 1) + shape).astype(np.float32))
+    with torch.no_grad():
+        out = net(x).numpy()
+    assert out.shape == (2, 1, shape[0] * factor) + shape[1:]
+    for b in range(2):
+        np.testing.assert_allclose(out[b, 0], upsample_array(x.numpy()[b, 0], factor, 0, "trilinear"), atol=1e-5)
+    assert net.coefficients(x).shape[1] == 64 * (2 if variant["compensation"] else 1)
+
+
+@pytest.mark.parametrize("axis", ["i", "j", "k"])
+def test_ddl_variant_through_the_api_on_every_axis(rng, axis):
+    """A trained-looking (random) generator + compensation network as a model file: the output lies
+    on the HQ grid along each thick axis and differs from interpolation."""
+    from IQTEnhanceLib.nets.serialization import architecture_params, model_from_network
+
+    torch.manual_seed(1)
+    net = build_network("ddl", 3, 4, 2, 64, 1, 0, generator=True, compensation=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.2)
+    params = dict(architecture_params("ddl", 3, 4, 2, 64, 1, 0, True, True), lq_aspect=3.0)
+    model = model_from_network("ddl", net.eval(), "variant", params, {})
+    shape = [9, 10, 11]
+    shape["ijk".index(axis)] = 4
+    spacing = [1.0, 1.0, 1.0]
+    spacing["ijk".index(axis)] = 3.0
+    lq = Volume(rng.uniform(0, 1, size=shape[::-1]).astype(np.float32), spacing)
+    out = api.enhance(lq, "ddl", model=model, axis=axis, factor=3).volume
+    expected = list(shape)
+    expected["ijk".index(axis)] = 12
+    assert out.array.shape == tuple(expected[::-1])
+    linear = api.enhance(lq, "trilinear", axis=axis, factor=3).volume
+    assert np.abs(out.array - linear.array).max() > 1e-3
+    # the generator's atoms are stored for inspection and equal what the network uses
+    np.testing.assert_allclose(model.arrays["dictionary"], dictionary_atoms(net), atol=1e-6)
+
+
+def test_dictionary_generator_needs_a_power_of_two():
+    with pytest.raises(ValueError, match="power-of-two"):
+        build_network("ddl", 4, 4, 2, 96, 1, 0, generator=True)
+
+
+def test_cli_shows_and_draws_the_dictionary(models, tmp_path, capsys):
+    from IQTEnhanceLib import cli
+    from IQTEnhanceLib.models import save_model
+
+    path = tmp_path / "ddl.iqtm"
+    save_model(path, models["ddl"])
+    png = tmp_path / "atoms.png"
+    assert cli.main(["models", "--show-dictionary", str(path), "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    atoms = dictionary_atoms(models["ddl"])
+    lines = [line for line in out.splitlines() if line.strip().startswith("atom ")]
+    assert len(lines) == atoms.shape[0]
+    norms = [float(line.split("norm")[1].split()[0]) for line in lines]
+    assert norms == sorted(norms, reverse=True)
+    assert abs(norms[0] - float(np.sqrt((atoms ** 2).reshape(len(atoms), -1).sum(1)).max())) < 1e-3
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["models", "--show-dictionary", "default"]) == 0
+    assert cli.main(["models", "--show-dictionary", str(tmp_path / "missing.iqtm")]) != 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import warnings
 
 from ..errors import ModelError
 from . import MethodOption, MethodSpec
@@ -45,11 +46,24 @@ _COMMON_TRAIN = (
     MethodOption("refresh_every", int, 25, "steps between re-simulations of one pooled volume", minimum=1),
     MethodOption("intensity_jitter", float, 0.1, "augmentation: common LQ/HQ intensity scaling ± this fraction", minimum=0.0, maximum=1.0, max_exclusive=True),
     MethodOption("flips", bool, True, "augmentation: random flips and in-plane transposition"),
+    MethodOption("validation_draws", int, 4, "contrast/noise draws per held-out cube and axis", minimum=1),
+    MethodOption("until_converged", bool, False, "stop early once the validation loss improves < 1% over the "
+                 "last 20% of the steps (the budget stays the upper limit)"),
+    MethodOption("patch_region", str, "head", "where training patches and validation cubes lie: anywhere in "
+                 "the head, or only around the brain mask", ("head", "brain")),
 )
 
 _DDL_TRAIN = (
     MethodOption("atoms", int, 64, "dictionary size K", (64, 128, 256)),
     MethodOption("atom_size", int, 1, "atoms' in-plane neighbourhood n (atom = factor × n × n HQ voxels)", (1, 3)),
+    MethodOption("generator", bool, False, "atoms made by SRDD's dictionary generator (a tree of 1×1 "
+                 "convolutions, tanh) instead of free parameters"),
+    MethodOption("compensation", bool, False, "SRDD's compensation branch: a second coefficient map over atoms "
+                 "shifted by half a block along the thick axis, fused by a convolution"),
+    MethodOption("logit_scale", float, 1.0, "temperature on the coefficient logits", minimum=0.0, min_exclusive=True),
+    MethodOption("dictionary_lr", float, 0.0, "learning rate of the atoms (0: lr)", minimum=0.0),
+    MethodOption("atom_init", str, "random", "initial atoms: random, or the k-means centroids of the training "
+                 "residuals", ("random", "kmeans")),
 )
 
 # built networks, reused across calls (loading weights into a fresh network costs ~50 ms, but the
@@ -92,19 +106,44 @@ def _make_enhance(method: str):
 def _make_train(method: str):
     def train(pairs, factor, options, reporter, provenance):
         from ..devices import resolve_device
+        from ..nets.heldout import heldout_check, heldout_region, warning_text
         from ..nets.serialization import model_from_network
         from ..nets.training import TrainSettings, train_network
 
         names = {f.name for f in dataclasses.fields(TrainSettings)}
         settings = TrainSettings(**{k: v for k, v in options.items() if k in names})
         device = resolve_device(options.get("device", "auto"))
-        net, arch, record = train_network(method, pairs, settings, reporter, device)
+        # with several volumes the last one is never trained on: the check below runs on it
+        held_out_volume = len(pairs.hq) >= 2
+        train_pairs = pairs.subset(range(len(pairs.hq) - 1)) if held_out_volume else pairs
+        net, arch, record = train_network(method, train_pairs, settings, reporter.sub(0.0, 0.93), device)
         params = dict(arch, lq_aspect=float(factor),
                       training_patch=[record["settings"]["patch_thick"], record["settings"]["patch_inplane"],
                                       record["settings"]["patch_inplane"]],
                       output="linear up-sampling along the thick axis + predicted residual")
         training = dict(provenance, **record)
-        return model_from_network(method, net, f"{method}_x{factor}", params, training)
+        model = model_from_network(method, net, f"{method}_x{factor}", params, training)
+        reporter(0.93, "checking the model against linear interpolation on held-out data", force=True)
+        if held_out_volume:
+            hq, brain = pairs.hq[-1], pairs.masks[-1]
+            check = heldout_check(model, hq, heldout_region(hq, brain, [(0, 0, 0)], max(hq.shape)),
+                                  f"held-out volume {len(pairs.hq)}", seed=pairs.seed)
+        elif record["validation_cubes"] and record["validation_cubes"][0]:
+            from ..nets.training import SimulationPool
+
+            size = SimulationPool.cube_size_for(record["settings"], factor)
+            cubes = [tuple(c) for c in record["validation_cubes"][0]]
+            check = heldout_check(model, pairs.hq[0], heldout_region(pairs.hq[0], pairs.masks[0], cubes, size),
+                                  "held-out cubes of the training volume", seed=pairs.seed)
+        else:
+            check = None
+        model.training["heldout_check"] = check
+        if check is not None and not check["beats_linear"]:
+            text = warning_text(check)
+            warnings.warn(text, stacklevel=2)
+            reporter(0.99, f"WARNING: {text}", force=True)
+        reporter(1.0, "trained", force=True)
+        return model
 
     return train
 

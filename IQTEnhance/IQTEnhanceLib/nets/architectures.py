@@ -22,6 +22,8 @@ fixed SNR 20 training like the prototype's); DDL 0.0637 and 0.0630.  DDL's valid
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -149,12 +151,55 @@ class UNet3D(_PadInPlane):
         return upsample_linear(x, self.factor) + self.residual(x)
 
 
+class DictionaryGenerator(nn.Module):
+    """SRDD's dictionary generator: a binary tree of 1×1 convolutions grown from one fixed random
+    vector, doubling the number of leaves per level until there are K, then a 1×1 convolution to the
+    atom's f·n·n values and tanh.  The atoms are a function of the generator's weights; the network
+    stores and exports them like free atoms.  K must be a power of two."""
+
+    def __init__(self, atoms: int, atom_values: int, width: int = 32):
+        super().__init__()
+        depth = int(atoms).bit_length() - 1
+        if atoms < 2 or 2 ** depth != atoms:
+            raise ValueError(f"the dictionary generator needs a power-of-two number of atoms (got {atoms})")
+        self.width = int(width)
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("seed", torch.randn(1, self.width, 1, generator=generator))
+        self.branches = nn.ModuleList(nn.Conv1d(self.width, 2 * self.width, 1) for _ in range(depth))
+        self.out = nn.Conv1d(self.width, int(atom_values), 1)
+        # atoms of std ~0.1 at the start, like the free dictionary's initialisation
+        nn.init.normal_(self.out.weight, std=0.1 / math.sqrt(self.width))
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self) -> torch.Tensor:
+        x = self.seed
+        for branch in self.branches:
+            leaves = x.shape[2]
+            x = F.leaky_relu(branch(x), NEGATIVE_SLOPE)           # [1, 2w, L]
+            x = x.reshape(1, 2, self.width, leaves).permute(0, 2, 3, 1).reshape(1, self.width, 2 * leaves)
+        return torch.tanh(self.out(x))[0].t()                     # [K, f·n·n]
+
+
 class DeepDictionaryNet(_PadInPlane):
     """IQT-DDL: UNet++ → softmax coefficients over K learned HQ atoms → atoms placed on the HQ grid
-    + the compensation term (linear up-sampling of the input)."""
+    + the compensation term (linear up-sampling of the input).
+
+    Variants after SRDD, all options of the model file:
+
+    * ``generator``: the atoms come from :class:`DictionaryGenerator` instead of being free parameters;
+    * ``compensation``: a second coefficient map over the same atoms placed half a block (f/2 HQ
+      slices) further along the thick axis, fused with the main synthesis by a 3×1×1 convolution, so
+      that block boundaries along the thick axis are covered twice;
+    * ``logit_scale``: a fixed temperature on the logits (larger: sharper softmax sooner).
+
+    The atoms start centred (the generator's are centred in every forward pass), so zero logits
+    (the untrained tail) give the mean atom 0 and the untrained network is exactly linear
+    interpolation.
+    """
 
     def __init__(self, factor: int = 4, base: int = 16, levels: int = 3, atoms: int = 64, atom_size: int = 1,
-                 tail_width: int = 0):
+                 tail_width: int = 0, generator: bool = False, compensation: bool = False,
+                 logit_scale: float = 1.0):
         super().__init__()
         if atom_size < 1 or atom_size % 2 == 0:
             raise ValueError(f"atom_size must be odd (got {atom_size})")
@@ -162,6 +207,7 @@ class DeepDictionaryNet(_PadInPlane):
         self.levels = int(levels)
         self.atoms = int(atoms)
         self.atom_size = int(atom_size)
+        self.logit_scale = float(logit_scale)
         self.body = UNetPlusPlusBody(base, levels)
         c = self.body.out_channels
         self.tail_width = int(tail_width or c)
@@ -170,46 +216,82 @@ class DeepDictionaryNet(_PadInPlane):
         # two real patches for 300 steps at Adam 3e-3: loss ÷2.7 with this tail (16 wide) and atoms
         # of std 0.1, ÷14 with a 64-wide tail and atoms of std 1.0 (IQT-DL: ÷10 in 260 steps).  In
         # real training (Adam 1e-3, 20 min on one CPU thread) the wide variant made no difference
-        # (validation 0.694× vs 0.697× the interpolation's loss at ~1200 steps; Colin27 NRMSE 0.0642
-        # vs 0.0637) and at 3e-3 it was unstable, so the defaults stay the measured SRDD-like ones.
-        # Neither body nor tail is what holds DDL back: 15-min runs (1 thread, validation loss ÷ the
-        # interpolation's at ~1200 steps) gave 0.703 with a plain U-Net body and a direct 1×1 head,
-        # 0.699 with UNet++ and a direct head, 0.685/0.689 with logits ×10 and atoms of std 0.1/0.3,
-        # against 0.69 for these defaults; 40 min gave 0.655 (Colin27 NRMSE unchanged, 0.0637).
+        # (validation 0.694× vs 0.697× the interpolation's loss at ~1200 steps) and at 3e-3 it was
+        # unstable.  15-min runs (1 thread, validation loss ÷ the interpolation's at ~1200 steps) gave
+        # 0.703 with a plain U-Net body and a direct 1×1 head, 0.699 with UNet++ and a direct head,
+        # 0.685/0.689 with logits ×10 and atoms of std 0.1/0.3, against 0.69 for these defaults.
+        heads = 2 if compensation else 1
         self.tail = nn.Sequential(nn.Conv3d(c, self.tail_width, 1), nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
-                                  nn.Conv3d(self.tail_width, self.atoms, 1))
-        # zero logits → uniform coefficients → output = up-sampling + mean atom (≈ 0) at the start
+                                  nn.Conv3d(self.tail_width, heads * self.atoms, 1))
+        # zero logits → uniform coefficients → the mean atom, which is 0: linear interpolation
         nn.init.zeros_(self.tail[-1].weight)
         nn.init.zeros_(self.tail[-1].bias)
-        # the explicit HQ dictionary: atom k is the f × n × n HQ block one LQ voxel contributes
-        # atoms centred over the dictionary: with the uniform starting coefficients the untrained
-        # network is exactly linear interpolation, like IQT-DL's zero head
-        generator = torch.Generator().manual_seed(0)
-        atoms_init = 0.1 * torch.randn(self.atoms, self.factor, self.atom_size, self.atom_size, generator=generator)
-        self.dictionary = nn.Parameter(atoms_init - atoms_init.mean(dim=0, keepdim=True))
+        values = self.factor * self.atom_size * self.atom_size
+        if generator:
+            self.generator = DictionaryGenerator(self.atoms, values)
+        else:
+            self.generator = None
+            generator_ = torch.Generator().manual_seed(0)
+            atoms_init = 0.1 * torch.randn(self.atoms, self.factor, self.atom_size, self.atom_size,
+                                           generator=generator_)
+            self.dictionary = nn.Parameter(atoms_init - atoms_init.mean(dim=0, keepdim=True))
+        if compensation:
+            # fuses (main, shifted) syntheses; starts as their mean (both 0 untrained)
+            self.fuse = nn.Conv3d(2, 1, (3, 1, 1), padding=(1, 0, 0))
+            with torch.no_grad():
+                self.fuse.weight.zero_()
+                self.fuse.weight[0, :, 1] = 0.5
+                self.fuse.bias.zero_()
+        else:
+            self.fuse = None
+
+    def atoms_tensor(self) -> torch.Tensor:
+        """The HQ atoms [K, f, n, n]: the free parameter ``dictionary`` (centred when initialised), or
+        the generator's output centred over the atoms."""
+        if self.generator is None:
+            return self.dictionary
+        atoms = self.generator().reshape(self.atoms, self.factor, self.atom_size, self.atom_size)
+        return atoms - atoms.mean(dim=0, keepdim=True)
+
+    def dictionary_parameters(self) -> list:
+        """The parameters that make the atoms (their own learning rate in training)."""
+        return list(self.generator.parameters()) if self.generator is not None else [self.dictionary]
 
     def logits(self, x):
         xp, pa, pb = self._pad(x)
-        return self.tail(self.body(xp))[..., : x.shape[3], : x.shape[4]]
+        return self.logit_scale * self.tail(self.body(xp))[..., : x.shape[3], : x.shape[4]]
 
     def coefficients(self, x):
-        """Softmax coefficients [batch, K, M, A, B] (SRDD: more stable than ReLU codes)."""
-        return torch.softmax(self.logits(x), dim=1)
+        """Softmax coefficients [batch, K, M, A, B] (SRDD: more stable than ReLU codes); with the
+        compensation branch, [batch, 2K, ...]: main then compensation coefficients."""
+        logits = self.logits(x)
+        return torch.cat([torch.softmax(part, dim=1) for part in logits.split(self.atoms, dim=1)], dim=1)
 
-    def synthesize(self, coefficients):
+    def synthesize(self, coefficients, dictionary=None):
         """Σ_k c_k(voxel) · atom_k placed on the HQ grid: [batch, 1, M*f, A, B]."""
+        atoms = self.atoms_tensor() if dictionary is None else dictionary
         n = self.atom_size
         if n == 1:
             # same sum as the transposed convolution below, as one matrix product (K×f): on 2 CPU
             # cores it is faster than conv_transpose3d with a (f, 1, 1) kernel
-            y = torch.einsum("bkmac,kf->bmfac", coefficients, self.dictionary[:, :, 0, 0])
+            y = torch.einsum("bkmac,kf->bmfac", coefficients, atoms[:, :, 0, 0])
             b, m, f, a, c = y.shape
             return y.reshape(b, 1, m * f, a, c)
-        kernel = self.dictionary.unsqueeze(1)  # (K, 1, f, n, n): in_channels=K, out_channels=1
+        kernel = atoms.unsqueeze(1)  # (K, 1, f, n, n): in_channels=K, out_channels=1
         return F.conv_transpose3d(coefficients, kernel, stride=(self.factor, 1, 1), padding=(0, n // 2, n // 2))
 
     def residual(self, x):
-        return self.synthesize(self.coefficients(x))
+        coefficients = self.coefficients(x)
+        atoms = self.atoms_tensor()
+        main = self.synthesize(coefficients[:, : self.atoms], atoms)
+        if self.fuse is None:
+            return main
+        # the compensation atoms cover HQ slices [m·f + f/2, (m+1)·f + f/2): the boundary between
+        # LQ slices m and m+1 falls inside an atom
+        shift = self.factor // 2
+        shifted = self.synthesize(coefficients[:, self.atoms:], atoms)
+        shifted = F.pad(shifted, (0, 0, 0, 0, shift, 0))[:, :, : main.shape[2]]
+        return self.fuse(torch.cat([main, shifted], dim=1))
 
     def forward(self, x):
         return upsample_linear(x, self.factor) + self.residual(x)
@@ -236,11 +318,13 @@ ARCHITECTURES = {"dl": "unet3d", "ddl": "unetpp3d-dictionary"}
 
 
 def build_network(method: str, factor: int, base_filters: int = 16, levels: int = 3, atoms: int = 64,
-                  atom_size: int = 1, tail_width: int = 0) -> nn.Module:
+                  atom_size: int = 1, tail_width: int = 0, generator: bool = False, compensation: bool = False,
+                  logit_scale: float = 1.0) -> nn.Module:
     if method == "dl":
         return UNet3D(factor, base_filters, levels)
     if method == "ddl":
-        return DeepDictionaryNet(factor, base_filters, levels, atoms, atom_size, tail_width)
+        return DeepDictionaryNet(factor, base_filters, levels, atoms, atom_size, tail_width, generator,
+                                 compensation, logit_scale)
     raise ValueError(f"no network for method {method!r}")
 
 

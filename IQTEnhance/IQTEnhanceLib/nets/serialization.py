@@ -24,11 +24,13 @@ WEIGHTS_MEMBER = "weights.pt"
 
 
 def architecture_params(method: str, factor: int, base_filters: int, levels: int, atoms: int = 64,
-                        atom_size: int = 1, tail_width: int = 0) -> dict:
+                        atom_size: int = 1, tail_width: int = 0, generator: bool = False,
+                        compensation: bool = False, logit_scale: float = 1.0) -> dict:
     params = {"architecture": ARCHITECTURES[method], "factor": int(factor), "base_filters": int(base_filters),
               "levels": int(levels)}
     if method == "ddl":
-        params.update(atoms=int(atoms), atom_size=int(atom_size), tail_width=int(tail_width or base_filters))
+        params.update(atoms=int(atoms), atom_size=int(atom_size), tail_width=int(tail_width or base_filters),
+                      generator=bool(generator), compensation=bool(compensation), logit_scale=float(logit_scale))
     return params
 
 
@@ -37,10 +39,13 @@ def network_from_params(method: str, params: dict, where: str = "model"):
         if params.get("architecture") != ARCHITECTURES[method]:
             raise ModelError(f"{where}: architecture {params.get('architecture')!r} is not the "
                              f"{method} network ({ARCHITECTURES[method]})")
-        # files written before tail_width was a parameter have a tail as wide as the base
+        # files written before tail_width (or the SRDD variants) were parameters: a tail as wide as the
+        # base, free atoms, no compensation branch, logits unscaled
         return build_network(method, int(params["factor"]), int(params["base_filters"]), int(params["levels"]),
                              int(params.get("atoms", 64)), int(params.get("atom_size", 1)),
-                             int(params.get("tail_width", params["base_filters"])))
+                             int(params.get("tail_width", params["base_filters"])),
+                             bool(params.get("generator", False)), bool(params.get("compensation", False)),
+                             float(params.get("logit_scale", 1.0)))
     except ModelError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -114,9 +119,16 @@ def dictionary_atoms(model) -> np.ndarray:
         if "dictionary" in model.arrays:
             return np.asarray(model.arrays["dictionary"], dtype=np.float32)
         model = network_from_model(model)
-    if not hasattr(model, "dictionary"):
+    if not hasattr(model, "atoms_tensor"):
         raise ModelError("this network has no dictionary (only IQT-DDL has one)")
-    return model.dictionary.detach().cpu().numpy().astype(np.float32)
+    with torch_no_grad():
+        return model.atoms_tensor().detach().cpu().numpy().astype(np.float32)
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
 
 
 # -- training checkpoints -----------------------------------------------------------------------

@@ -138,6 +138,12 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", default="")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--until-converged", action="store_true",
+                        help="stop once the validation loss improves < 1%% over the last 20%% of the steps")
+    parser.add_argument("--generator", action="store_true", help="DDL: SRDD's dictionary generator")
+    parser.add_argument("--compensation", action="store_true", help="DDL: SRDD's compensation branch")
+    parser.add_argument("--atom-init", choices=("random", "kmeans"), default="random")
+    parser.add_argument("--dictionary-lr", type=float, default=0.0)
     parser.add_argument("--no-register", action="store_true", help="write the model and card, do not list them")
     parser.add_argument("--evaluate-only", action="store_true")
     args = parser.parse_args(argv)
@@ -158,10 +164,13 @@ def main(argv=None):
                 last[0] = now
                 print(f"{time.strftime('%H:%M:%S')} {100 * fraction:5.1f}% {message}", flush=True)
 
+        # 21 held-out cubes of the head × 3 axes × 8 contrast/noise draws = 504 validation patches
         options = dict(minutes=args.minutes, threads=args.threads, lr=args.lr, checkpoint_dir=args.checkpoint_dir,
-                       resume=args.resume, device="cpu", validation_every=100, checkpoint_every=100)
+                       resume=args.resume, device="cpu", validation_every=500, checkpoint_every=250,
+                       validation_fraction=0.15, validation_draws=8, until_converged=args.until_converged)
         if args.method == "ddl":
-            options["atoms"] = args.atoms
+            options.update(atoms=args.atoms, generator=args.generator, compensation=args.compensation,
+                           atom_init=args.atom_init, dictionary_lr=args.dictionary_lr)
         simulation = ParameterRanges(contrast=tuple(args.contrast_range))
         model = api.train(args.method, [image], masks=[mask], factor=4, seed=args.seed, name=name,
                           data_names=[TRAINING_DATA], progress=progress, simulation=simulation, **options)

@@ -43,7 +43,7 @@ import numpy as np
 from ..errors import CancelledError, InputError, ModelError
 from ..normalize import intensity_scale, to_canonical
 from ..patches import window_sums
-from ..simulate import ParameterRanges, degrade_array, sample_parameters, tissue_memberships
+from ..simulate import ParameterRanges, degrade_array, foreground_mask, sample_parameters, tissue_memberships
 from ..volume import array_axis
 
 
@@ -72,6 +72,14 @@ class TrainSettings:
     refresh_every: int = 25
     intensity_jitter: float = 0.1
     flips: bool = True
+    validation_draws: int = 4      # contrast/noise draws per held-out cube and axis
+    until_converged: bool = False  # stop once validation improves < 1% over the last 20% of steps
+    patch_region: str = "head"     # training patches anywhere in the head, or only around the brain mask
+    generator: bool = False        # DDL: atoms from SRDD's dictionary generator
+    compensation: bool = False     # DDL: SRDD's compensation branch (atoms shifted by half a block)
+    logit_scale: float = 1.0       # DDL: temperature on the coefficient logits
+    dictionary_lr: float = 0.0     # DDL: learning rate of the atoms (0: lr)
+    atom_init: str = "random"      # DDL: "random" or "kmeans" (centroids of the training residuals)
 
     def resolved(self, device: str) -> "TrainSettings":
         cuda = device == "cuda"
@@ -84,6 +92,10 @@ class TrainSettings:
         for name in ("patch_thick", "patch_inplane", "batch", "base_filters", "levels", "pool_size"):
             if int(getattr(s, name)) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(s, name)})")
+        if s.patch_region not in ("head", "brain"):
+            raise InputError(f"patch_region must be head or brain (got {s.patch_region!r})")
+        if s.atom_init not in ("random", "kmeans"):
+            raise InputError(f"atom_init must be random or kmeans (got {s.atom_init!r})")
         if s.loss not in ("mse", "l1"):
             raise InputError(f"loss must be mse or l1 (got {s.loss!r})")
         if not 0.0 <= s.validation_fraction < 0.5:
@@ -121,8 +133,13 @@ class SimulationPool:
 
     SCALE_SAMPLE = 100_000    # voxels for the intensity scale (p99 of 100k voxels: within ~0.5%)
 
-    def __init__(self, pairs, patch: tuple, validation_fraction: float, seed: int, reporter=None):
+    def __init__(self, pairs, patch: tuple, validation_fraction: float, seed: int, reporter=None,
+                 region: str = "brain"):
         self.pairs = pairs
+        # where training patches and validation cubes may lie: around the brain mask, or anywhere in
+        # the head (scalp, skull, neck: a whole-head scan has them, and a network never shown them
+        # is free to do anything there while its brain-only validation looks fine)
+        self.regions = [m if region == "brain" else (foreground_mask(h) | m) for h, m in zip(pairs.hq, pairs.masks)]
         self.factor = pairs.factor
         self.patch = tuple(int(p) for p in patch)          # LQ patch (thick, a, b)
         self.hq_patch = (self.patch[0] * self.factor,) + self.patch[1:]
@@ -170,7 +187,7 @@ class SimulationPool:
         return Draw(contrast, snr)
 
     def realize(self, v: int, axis: str, rng: np.random.Generator) -> tuple:
-        """(components, component means, scale sample, HQ, LQ brain mask, LQ validation mask, params)."""
+        """(components, component means, scale sample, HQ, LQ patch region, LQ validation mask, params)."""
         f = self.factor
         params = self._parameters(axis, rng)
         ax = array_axis(axis)
@@ -179,6 +196,7 @@ class SimulationPool:
         index[ax] = slice(0, hq.shape[ax] // f * f)
         index = tuple(index)
         hq, mask, val = hq[index], self.pairs.masks[v][index], self.val_masks[v][index]
+        region = self.regions[v][index]
         blur_only = dataclasses.replace(params, contrast=(1.0, 1.0, 1.0), snr=None)
         if self.contrast_varies:
             tissue = self._tissue(v)
@@ -191,13 +209,15 @@ class SimulationPool:
         lq_mask = hq_mask.reshape(hq_mask.shape[0] // f, f, *hq_mask.shape[1:]).mean(axis=1) > 0.5
         hq_val = canon(val)
         lq_val = hq_val.reshape(hq_val.shape[0] // f, f, *hq_val.shape[1:]).any(axis=1)
+        hq_region = canon(region)
+        lq_region = hq_region.reshape(hq_region.shape[0] // f, f, *hq_region.shape[1:]).mean(axis=1) > 0.5
         means = components[:, lq_mask].mean(axis=1) if lq_mask.any() else components.reshape(len(parts), -1).mean(axis=1)
         flat = components.reshape(len(parts), -1)
         picks = rng.choice(flat.shape[1], size=min(self.SCALE_SAMPLE, flat.shape[1]), replace=False)
         record = params.to_dict()
         record.update(contrast="per patch", snr="per patch")
         return components, means.astype(np.float32), flat[:, picks].copy(), canon(hq).astype(np.float32), \
-            lq_mask, lq_val, record
+            lq_region, lq_val, record
 
     @staticmethod
     def lq_patch(components, means, sample, draw: Draw, region, rng: np.random.Generator) -> tuple:
@@ -221,7 +241,7 @@ class SimulationPool:
         volume = float(np.prod(self.patch))
         brain = window_sums(lq_mask.astype(np.float32), self.patch) / volume
         held_out = window_sums(lq_val.astype(np.float32), self.patch)
-        # "dilated brain mask": any patch with >= 10% brain, none touching a validation cube
+        # any patch with >= 10% in the region (brain or head), none touching a validation cube
         allowed = (brain >= 0.1) & (held_out < 0.5)
         if not allowed.any():
             allowed = held_out < 0.5
@@ -234,11 +254,17 @@ class SimulationPool:
         c = max(self.patch[1], self.patch[2], self.hq_patch[0])
         return int(math.ceil(c / self.factor) * self.factor)
 
+    @staticmethod
+    def cube_size_for(settings: dict, factor: int) -> int:
+        """The validation cube edge of a training run, from its recorded settings."""
+        c = max(int(settings["patch_inplane"]), int(settings["patch_thick"]) * factor)
+        return int(math.ceil(c / factor) * factor)
+
     def _validation_cubes(self, v: int, fraction: float, seed: int) -> list:
         if fraction <= 0:
             return []
         c = self.cube_size()
-        mask = self.pairs.masks[v]
+        mask = self.regions[v]
         grid = [s // c for s in mask.shape]
         cubes = [(a * c, b * c, d * c) for a in range(grid[0]) for b in range(grid[1]) for d in range(grid[2])
                  if mask[a * c:(a + 1) * c, b * c:(b + 1) * c, d * c:(d + 1) * c].mean() >= 0.5]
@@ -330,165 +356,287 @@ def _set_rng_state(rng: np.random.Generator, text: str) -> None:
     rng.bit_generator.state = json.loads(text)
 
 
-def train_network(method: str, pairs, settings: TrainSettings, reporter, device: str) -> tuple:
-    """Train and return (network on the CPU, record dict for the model file's provenance)."""
-    import torch
+def kmeans_atoms(pool: list, factor: int, atoms: int, rng: np.random.Generator, samples: int = 20_000,
+                 iterations: int = 25) -> np.ndarray:
+    """IQT-DDL atoms initialised at the k-means centroids of the training residuals (HQ block minus
+    the linear up-sampling, per LQ voxel, at contrast 1 without noise), centred over the atoms: the
+    softmax starts among atoms that already span the residuals instead of a random cloud of std 0.1."""
+    from ..interpolation import upsample_array
 
-    from .architectures import build_network, contiguous_state, count_parameters, use_channels_last
-    from .serialization import architecture_params, load_checkpoint, load_state, save_checkpoint
+    vectors = []
+    per = max(1, samples // len(pool))
+    for real in pool:
+        lq = real.components.sum(axis=0)
+        scale = intensity_scale(real.sample.sum(axis=0))
+        residual = (real.hq - upsample_array(lq, factor, 0, "trilinear")) / scale
+        m = lq.shape[0]
+        blocks = residual[: m * factor].reshape(m, factor, *residual.shape[1:]).transpose(0, 2, 3, 1)
+        blocks = blocks.reshape(-1, factor)
+        busy = np.flatnonzero(np.abs(blocks).max(axis=1) > 0)
+        if busy.size:
+            vectors.append(blocks[rng.choice(busy, size=min(per, busy.size), replace=False)])
+    data = np.concatenate(vectors).astype(np.float64)
+    centres = data[rng.choice(len(data), size=atoms, replace=len(data) < atoms)].copy()
+    for _ in range(iterations):
+        d = (data ** 2).sum(1)[:, None] - 2.0 * data @ centres.T + (centres ** 2).sum(1)[None]
+        label = d.argmin(axis=1)
+        for k in range(atoms):
+            members = data[label == k]
+            centres[k] = members.mean(axis=0) if len(members) else data[rng.integers(len(data))]
+    centres -= centres.mean(axis=0, keepdims=True)
+    return centres.astype(np.float32)
 
-    s = settings.resolved(device)
-    f = pairs.factor
-    patch = (int(s.patch_thick), int(s.patch_inplane), int(s.patch_inplane))
-    seed = int(pairs.seed)
-    previous_threads = torch.get_num_threads()
-    if s.threads > 0:
-        torch.set_num_threads(int(s.threads))
-    threads_used = torch.get_num_threads()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    arch = architecture_params(method, f, s.base_filters, s.levels, s.atoms, s.atom_size)
-    net = use_channels_last(build_network(method, f, s.base_filters, s.levels, s.atoms, s.atom_size).to(device),
-                            device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=s.lr)
-    loss_fn = torch.nn.functional.mse_loss if s.loss == "mse" else torch.nn.functional.l1_loss
-    checkpoint = Path(s.checkpoint_dir) / f"{method}_last.pt" if s.checkpoint_dir else None
-    step, elapsed, history, val_history, patches_seen, resumed_from = 0, 0.0, [], [], 0, None
-    best = {"loss": math.inf, "step": 0, "state": None}
-    if s.resume and checkpoint is not None and checkpoint.exists():
-        payload = load_checkpoint(checkpoint, method, arch)
-        load_state(net, payload["model"], checkpoint.name)
+
+def converged(val_history: list, window: float = 0.2, tolerance: float = 0.01, min_points: int = 5) -> bool:
+    """True when the best validation loss of the last ``window`` of the steps run improved on the
+    best before it by less than ``tolerance`` (relative): more steps at this rate buy < 1%."""
+    if len(val_history) < min_points:
+        return False
+    last_step = val_history[-1][0]
+    cut = last_step * (1.0 - window)
+    before = [h[2] for h in val_history if h[0] <= cut]
+    recent = [h[2] for h in val_history if h[0] > cut]
+    if not before or not recent:
+        return False
+    return min(recent) > (1.0 - tolerance) * min(before)
+
+
+class Trainer:
+    """One network training: state (network, optimiser, counters, histories, best weights), one
+    optimiser ``step``, ``validate``, ``checkpoint`` / ``resume``, and ``run`` to the budget."""
+
+    LOG_EVERY = 20
+
+    def __init__(self, method: str, pairs, settings: TrainSettings, reporter, device: str):
+        import torch
+
+        from .architectures import build_network, use_channels_last
+        from .serialization import architecture_params
+
+        self.torch = torch
+        self.method, self.pairs, self.reporter, self.device = method, pairs, reporter, device
+        s = self.settings = settings.resolved(device)
+        if method != "ddl" and (s.generator or s.compensation or s.atom_init != "random"):
+            raise InputError("generator, compensation and atom_init are IQT-DDL options")
+        if s.generator and s.atom_init == "kmeans":
+            raise InputError("atom_init kmeans sets free atoms; the dictionary generator makes its own")
+        self.factor = pairs.factor
+        self.patch = (int(s.patch_thick), int(s.patch_inplane), int(s.patch_inplane))
+        self.seed = int(pairs.seed)
+        self.previous_threads = torch.get_num_threads()
+        if s.threads > 0:
+            torch.set_num_threads(int(s.threads))
+        self.threads_used = torch.get_num_threads()
+        torch.manual_seed(self.seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.arch = architecture_params(method, self.factor, s.base_filters, s.levels, s.atoms, s.atom_size,
+                                        0, s.generator, s.compensation, s.logit_scale)
+        net = build_network(method, self.factor, s.base_filters, s.levels, s.atoms, s.atom_size, 0,
+                            s.generator, s.compensation, s.logit_scale)
+        self.net = use_channels_last(net.to(device), device)
+        dictionary = list(self.net.dictionary_parameters()) if method == "ddl" else []
+        ids = {id(p) for p in dictionary}
+        groups = [{"params": [p for p in self.net.parameters() if id(p) not in ids], "base_lr": s.lr}]
+        if dictionary:
+            groups.append({"params": dictionary, "base_lr": s.dictionary_lr or s.lr})
+        self.optimizer = torch.optim.Adam(groups, lr=s.lr)
+        self.loss_fn = torch.nn.functional.mse_loss if s.loss == "mse" else torch.nn.functional.l1_loss
+        self.checkpoint_path = Path(s.checkpoint_dir) / f"{method}_last.pt" if s.checkpoint_dir else None
+        self.step_count, self.elapsed, self.patches_seen = 0, 0.0, 0
+        self.history, self.val_history, self.resumed_from = [], [], None
+        self.best_loss, self.best_step, self.best_state = math.inf, 0, None
+        self.stopped_converged = False
+        self.val_x = self.val_y = self.baseline = None
+        self.pool_builder, self.pool = None, []
+
+    # -- state ------------------------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Continue from the checkpoint (when ``resume`` is set and one exists)."""
+        from .serialization import load_checkpoint, load_state
+
+        s, path = self.settings, self.checkpoint_path
+        if not (s.resume and path is not None and path.exists()):
+            return False
+        payload = load_checkpoint(path, self.method, self.arch)
+        load_state(self.net, payload["model"], path.name)
         try:
-            optimizer.load_state_dict(payload["optimizer"])
+            self.optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as exc:
-            raise ModelError(f"{checkpoint.name}: the optimiser state does not fit ({exc})") from None
-        step, elapsed = int(payload["step"]), float(payload["elapsed"])
-        history, val_history = list(payload["history"]), list(payload["val_history"])
-        patches_seen = int(payload.get("patches_seen", step * s.batch))
+            raise ModelError(f"{path.name}: the optimiser state does not fit ({exc})") from None
+        self.step_count, self.elapsed = int(payload["step"]), float(payload["elapsed"])
+        self.history, self.val_history = list(payload["history"]), list(payload["val_history"])
+        self.patches_seen = int(payload.get("patches_seen", self.step_count * s.batch))
         if payload.get("best_state") is not None:
-            best = {"loss": float(payload["best_loss"]), "step": int(payload["best_step"]),
-                    "state": payload["best_state"]}
-        _set_rng_state(rng, payload["rng"])
-        torch.set_rng_state(payload["torch_rng"])
-        resumed_from = {"step": step, "elapsed_s": round(elapsed, 1)}
+            self.best_loss, self.best_step = float(payload["best_loss"]), int(payload["best_step"])
+            self.best_state = payload["best_state"]
+        _set_rng_state(self.rng, payload["rng"])
+        self.torch.set_rng_state(payload["torch_rng"])
+        self.resumed_from = {"step": self.step_count, "elapsed_s": round(self.elapsed, 1)}
+        return True
 
-    def save():
-        if checkpoint is None:
+    def checkpoint(self) -> None:
+        from .architectures import contiguous_state
+        from .serialization import save_checkpoint
+
+        if self.checkpoint_path is None:
             return
-        save_checkpoint(checkpoint, {
-            "method": method, "arch": arch, "model": contiguous_state(net),
-            "optimizer": optimizer.state_dict(), "step": step, "elapsed": elapsed, "history": history,
-            "val_history": val_history, "patches_seen": patches_seen, "rng": _rng_state(rng),
-            "torch_rng": torch.get_rng_state(), "settings": dataclasses.asdict(s),
-            "best_loss": best["loss"], "best_step": best["step"], "best_state": best["state"],
+        save_checkpoint(self.checkpoint_path, {
+            "method": self.method, "arch": self.arch, "model": contiguous_state(self.net),
+            "optimizer": self.optimizer.state_dict(), "step": self.step_count, "elapsed": self.elapsed,
+            "history": self.history, "val_history": self.val_history, "patches_seen": self.patches_seen,
+            "rng": _rng_state(self.rng), "torch_rng": self.torch.get_rng_state(),
+            "settings": dataclasses.asdict(self.settings), "best_loss": self.best_loss,
+            "best_step": self.best_step, "best_state": self.best_state,
         })
 
-    setup = reporter.sub(0.0, 0.05, "preparing simulation")
-    train_rep = reporter.sub(0.05, 1.0, f"training {method}")
-    setup(0.0, "simulating training volumes", force=True)
-    pool_builder = SimulationPool(pairs, patch, s.validation_fraction, seed, reporter=setup)
-    validation = pool_builder.validation_set(seed)
-    pool = []
-    for n in range(int(s.pool_size)):
-        setup.check_cancel()
-        pool.append(pool_builder.draw(rng))
-        setup((n + 1) / s.pool_size, f"simulated {n + 1}/{s.pool_size} training volumes")
-    val_x = val_y = None
-    baseline = None
-    if validation is not None:
-        val_x, val_y = (torch.from_numpy(a) for a in validation)
-        with torch.no_grad():
-            from .architectures import upsample_linear
-            baseline = float(loss_fn(upsample_linear(val_x, f), val_y))
+    # -- data -------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Simulation pool, fixed validation set and its interpolation baseline, atom initialisation."""
+        from .architectures import upsample_linear
 
-    def validate() -> Optional[float]:
-        if val_x is None:
-            return None
-        net.eval()
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, len(val_x), 8):
-                xb, yb = val_x[i:i + 8].to(device), val_y[i:i + 8].to(device)
-                total += float(loss_fn(net(xb), yb)) * len(xb)
-        net.train()
-        return total / len(val_x)
+        s = self.settings
+        setup = self.reporter.sub(0.0, 0.05, "preparing simulation")
+        setup(0.0, "simulating training volumes", force=True)
+        self.pool_builder = SimulationPool(self.pairs, self.patch, s.validation_fraction, self.seed,
+                                           reporter=setup, region=s.patch_region)
+        validation = self.pool_builder.validation_set(self.seed, draws_per_cube=s.validation_draws)
+        for n in range(int(s.pool_size)):
+            setup.check_cancel()
+            self.pool.append(self.pool_builder.draw(self.rng))
+            setup((n + 1) / s.pool_size, f"simulated {n + 1}/{s.pool_size} training volumes")
+        if validation is not None:
+            self.val_x, self.val_y = (self.torch.from_numpy(a) for a in validation)
+            with self.torch.no_grad():
+                self.baseline = float(self.loss_fn(upsample_linear(self.val_x, self.factor), self.val_y))
+        if s.atom_init == "kmeans" and self.step_count == 0:
+            setup(1.0, "initialising the atoms at the k-means centroids of the training residuals", force=True)
+            centres = kmeans_atoms(self.pool, self.factor, s.atoms, np.random.default_rng([self.seed, 17]))
+            with self.torch.no_grad():
+                shape = self.net.dictionary.shape
+                self.net.dictionary.copy_(self.torch.from_numpy(centres).reshape(s.atoms, self.factor, 1, 1)
+                                          .expand(shape).contiguous() / (shape[2] * shape[3]))
 
-    def record_validation():
-        v = validate()
-        if v is None:
-            return
-        val_history.append([step, round(elapsed, 1), v, v / baseline if baseline else None])
-        if v < best["loss"]:
-            best.update(loss=v, step=step, state={k: t.clone() for k, t in contiguous_state(net).items()})
-
-    def progress_of(step_: int, elapsed_: float) -> float:
-        p = 0.0
+    # -- steps ------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        s, p = self.settings, 0.0
         if s.steps > 0:
-            p = max(p, step_ / s.steps)
+            p = max(p, self.step_count / s.steps)
         if s.minutes > 0:
-            p = max(p, elapsed_ / (60.0 * s.minutes))
+            p = max(p, self.elapsed / (60.0 * s.minutes))
         return p
 
-    net.train()
-    started = time.perf_counter() - elapsed
-    running, running_n, grad_norms = 0.0, 0, []
-    log_every = 20
-    try:
-        while progress_of(step, elapsed) < 1.0:
-            if step > 0 and step % s.refresh_every == 0:
-                pool[step // s.refresh_every % len(pool)] = pool_builder.draw(rng)
-            x, y = make_batch(pool, s, patch, f, rng, pool_builder)
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(s.lr, progress_of(step, elapsed))
-            loss = loss_fn(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # clipping: one odd batch (bright vessels, an extreme contrast and SNR draw) must not throw
-            # the unnormalised network off; the median norms are logged in the loss history
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), s.clip if s.clip > 0 else math.inf)))
-            optimizer.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ModelError(f"training diverged at step {step} (loss {value}); lower lr")
-            step += 1
-            patches_seen += s.batch
-            elapsed = time.perf_counter() - started
-            running, running_n = running + value, running_n + 1
-            if step % log_every == 0:
-                history.append([step, round(elapsed, 1), running / running_n, float(np.median(grad_norms))])
-                running, running_n, grad_norms = 0.0, 0, []
-            if step % s.validation_every == 0:
-                record_validation()
-            if step % s.checkpoint_every == 0:
-                save()
-            last_val = f", validation {val_history[-1][3]:.3f}× interpolation" if val_history else ""
-            train_rep(progress_of(step, elapsed), f"step {step}, loss {value:.2e}{last_val}")
-    except CancelledError:
-        save()   # a cancelled training can be resumed
-        raise
-    finally:
-        if s.threads > 0:
-            torch.set_num_threads(previous_threads)
-    if running_n:
-        history.append([step, round(elapsed, 1), running / running_n, float(np.median(grad_norms))])
-    if not val_history or val_history[-1][0] != step:
-        record_validation()
-    save()
-    if best["state"] is not None and best["step"] != step:
-        # the weights with the lowest validation loss, not necessarily the last ones
-        net.load_state_dict(best["state"])
-    net = net.cpu().eval()
-    record = {
-        "device": device, "torch_version": torch.__version__, "threads": threads_used,
-        "steps": step, "patches_seen": patches_seen, "wall_seconds": round(elapsed, 1),
-        "patches_per_second": round(patches_seen / max(elapsed, 1e-9), 2),
-        "parameters": count_parameters(net), "settings": dataclasses.asdict(s),
-        "loss_history": history, "validation_history": val_history,
-        "validation_interpolation_loss": baseline,
-        "selected_step": best["step"] if best["state"] is not None else step,
-        "validation_patches": 0 if val_x is None else int(len(val_x)),
-        "validation_cubes": [[list(c) for c in cubes] for cubes in pool_builder.val_cubes],
-        "resumed_from": resumed_from,
-    }
-    return net, arch, record
+    def step(self) -> float:
+        """One optimiser step on a fresh batch; returns its loss and the gradient norm."""
+        torch, s = self.torch, self.settings
+        if self.step_count > 0 and self.step_count % s.refresh_every == 0:
+            self.pool[self.step_count // s.refresh_every % len(self.pool)] = self.pool_builder.draw(self.rng)
+        x, y = make_batch(self.pool, s, self.patch, self.factor, self.rng, self.pool_builder)
+        x, y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+        fraction = self.progress()
+        for group in self.optimizer.param_groups:
+            group["lr"] = _learning_rate(group["base_lr"], fraction)
+        loss = self.loss_fn(self.net(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # clipping: one odd batch (bright vessels, an extreme contrast and SNR draw) must not throw
+        # the unnormalised network off; the median norms are logged in the loss history
+        norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), s.clip if s.clip > 0 else math.inf))
+        self.optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise ModelError(f"training diverged at step {self.step_count} (loss {value}); lower lr")
+        self.step_count += 1
+        self.patches_seen += s.batch
+        return value, norm
+
+    def validate(self) -> Optional[float]:
+        """Loss on the fixed validation patches (None without validation); keeps the best weights."""
+        from .architectures import contiguous_state
+
+        if self.val_x is None:
+            return None
+        self.net.eval()
+        total = 0.0
+        with self.torch.no_grad():
+            for i in range(0, len(self.val_x), 16):
+                xb, yb = self.val_x[i:i + 16].to(self.device), self.val_y[i:i + 16].to(self.device)
+                total += float(self.loss_fn(self.net(xb), yb)) * len(xb)
+        self.net.train()
+        v = total / len(self.val_x)
+        self.val_history.append([self.step_count, round(self.elapsed, 1), v, v / self.baseline if self.baseline else None])
+        if v < self.best_loss:
+            self.best_loss, self.best_step = v, self.step_count
+            self.best_state = {k: t.clone() for k, t in contiguous_state(self.net).items()}
+        return v
+
+    def run(self) -> None:
+        """Train to the budget (or to convergence with ``until_converged``), checkpointing on the way
+        and on cancel; ends with the best validated weights loaded."""
+        s = self.settings
+        self.resume()
+        self.prepare()
+        train_rep = self.reporter.sub(0.05, 1.0, f"training {self.method}")
+        self.net.train()
+        started = time.perf_counter() - self.elapsed
+        running, norms = [], []
+        try:
+            while self.progress() < 1.0 and not self.stopped_converged:
+                value, norm = self.step()
+                self.elapsed = time.perf_counter() - started
+                running.append(value)
+                norms.append(norm)
+                if self.step_count % self.LOG_EVERY == 0:
+                    self._log(running, norms)
+                    running, norms = [], []
+                if self.step_count % s.validation_every == 0:
+                    self.validate()
+                    self.stopped_converged = s.until_converged and converged(self.val_history)
+                if self.step_count % s.checkpoint_every == 0:
+                    self.checkpoint()
+                last = f", validation {self.val_history[-1][3]:.3f}× interpolation" if self.val_history and \
+                    self.val_history[-1][3] is not None else ""
+                train_rep(self.progress(), f"step {self.step_count}, loss {value:.2e}{last}")
+        except CancelledError:
+            self.checkpoint()   # a cancelled training can be resumed
+            raise
+        finally:
+            if s.threads > 0:
+                self.torch.set_num_threads(self.previous_threads)
+        if running:
+            self._log(running, norms)
+        if not self.val_history or self.val_history[-1][0] != self.step_count:
+            self.validate()
+        self.checkpoint()
+        if self.best_state is not None and self.best_step != self.step_count:
+            # the weights with the lowest validation loss, not necessarily the last ones
+            self.net.load_state_dict(self.best_state)
+        self.net = self.net.cpu().eval()
+
+    def _log(self, losses: list, norms: list) -> None:
+        self.history.append([self.step_count, round(self.elapsed, 1), float(np.mean(losses)), float(np.median(norms))])
+
+    def record(self) -> dict:
+        """Provenance for the model file."""
+        from .architectures import count_parameters
+
+        return {
+            "device": self.device, "torch_version": self.torch.__version__, "threads": self.threads_used,
+            "steps": self.step_count, "patches_seen": self.patches_seen, "wall_seconds": round(self.elapsed, 1),
+            "patches_per_second": round(self.patches_seen / max(self.elapsed, 1e-9), 2),
+            "parameters": count_parameters(self.net), "settings": dataclasses.asdict(self.settings),
+            "loss_history": self.history, "validation_history": self.val_history,
+            "validation_interpolation_loss": self.baseline,
+            "selected_step": self.best_step if self.best_state is not None else self.step_count,
+            "validation_patches": 0 if self.val_x is None else int(len(self.val_x)),
+            "validation_cubes": [[list(c) for c in cubes] for cubes in self.pool_builder.val_cubes],
+            "resumed_from": self.resumed_from,
+            "converged": converged(self.val_history) if self.val_history else None,
+            "stopped_at_convergence": self.stopped_converged,
+        }
+
+
+def train_network(method: str, pairs, settings: TrainSettings, reporter, device: str) -> tuple:
+    """Train and return (network on the CPU, architecture params, record dict for the model file)."""
+    trainer = Trainer(method, pairs, settings, reporter, device)
+    trainer.run()
+    return trainer.net, trainer.arch, trainer.record()
