@@ -1,6 +1,6 @@
 # Quick start on a fresh machine:  `make demo`  (the main job)   and   `make test`  (the whole suite).
 PYTHON ?= python3
-# torch 2.13.0's CPU wheel is cached on the development and CI machines; an unpinned torch would pull a multi-GB CUDA build.
+# torch pinned to 2.13.0's CPU wheel for tests and CI: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/setup-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 

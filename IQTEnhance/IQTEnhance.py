@@ -51,7 +51,7 @@ class IQTEnhance(ScriptedLoadableModule):
         self.parent.title = _("IQT Enhance")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Filtering")]
         self.parent.dependencies = []
-        self.parent.contributors = ["IQTEnhance contributors"]
+        self.parent.contributors = ["IQTEnhance developers (IQTEnhance open-source project)"]
         self.parent.helpText = _(
             "Image Quality Transfer (IQT) turns a low-quality MRI volume (thick slices, noise, low-field "
             "contrast) into a high-quality one on a grid with thin slices.<br>"
@@ -176,7 +176,7 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._optionWidgets = {}          # method -> (container widget, {parameter name: widget})
         self._updatingGui = False
         self._state = ProcessingState.IDLE
-        self._run = None                  # the IQTEnhanceLogic.AsyncHandle in flight
+        self._run = None                  # the IQTEnhanceSlicer.logic.AsyncRun in flight
         self._install = None              # the deps.InstallJob in flight
         self._loadedModelPaths = []
         self.lastOutputs = []             # outputs of the last finished run (for the self-test)
@@ -472,7 +472,7 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._install.cancel()
             return
         if self._state is ProcessingState.RUNNING:
-            self.setState(ProcessingState.CANCELLING, self._run.lastUpdate if self._run else None)
+            self.setState(ProcessingState.CANCELLING, self._run.last_update if self._run else None)
             self.addLog(_("Cancelling…"))
             self._run.cancel()
             return
@@ -599,48 +599,6 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # IQTEnhanceLogic
 #
-class AsyncHandle:
-    """A background run pumped by a QTimer on the main thread (see IQTEnhanceSlicer.logic.AsyncRun)."""
-
-    def __init__(self, run):
-        self.run = run
-        self.lastUpdate = None
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_INTERVAL_MS)
-        self.timer.connect("timeout()", self._pump)
-        self.timer.start()
-
-    def _pump(self) -> None:
-        try:
-            more = self.run.pump()
-        except Exception:  # noqa: BLE001 - never let an exception escape a Qt timer slot
-            logging.error(traceback.format_exc())
-            more = False
-        if not more:
-            # release the timer and its connection to this handle: a finished run holds no Qt object
-            self.timer.stop()
-            self.timer.disconnect("timeout()", self._pump)
-            self.timer.deleteLater()
-
-    def _track(self, update) -> None:
-        self.lastUpdate = update
-
-    def cancel(self) -> None:
-        self.run.cancel()
-
-    @property
-    def state(self):
-        return self.run.state
-
-    @property
-    def done(self) -> bool:
-        return self.run.done
-
-    @property
-    def outputs(self):
-        return self.run.outputs
-
-
 class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
     """Enhancement usable without the panel, e.g. from the Python console::
 
@@ -706,7 +664,7 @@ class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
     # -- non-blocking -------------------------------------------------------------------------------
     def enhanceAsync(self, inputNode, method: str = "srep", model=None, device: str = "auto", outputNode=None,
                      trustMap: bool = False, onProgress=None, onFinished=None, onError=None, onCancelled=None,
-                     **options) -> AsyncHandle:
+                     **options):
         """Start in a worker process and return at once; a QTimer polls it on the main thread.
 
         ``onProgress(update)`` (update.fraction, .message, .remaining seconds), ``onFinished(outputs)``
@@ -715,33 +673,24 @@ class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
         and leaves the scene unchanged.  Input errors raise here, before any thread starts.
         """
         self.ensureDependencies([method])
-        handle = None
-
-        def progress(update):
-            handle._track(update)
-            if onProgress:
-                onProgress(update)
-
         run = self._core().start_enhance(inputNode, method, model, device, outputNode, extras=trustMap,
-                                         on_progress=progress, on_finished=onFinished, on_error=onError,
+                                         on_progress=onProgress, on_finished=onFinished, on_error=onError,
                                          on_cancelled=onCancelled, **options)
-        handle = AsyncHandle(run)
-        return handle
+        return run.drive(self._pollTimer())
 
     def compareAsync(self, inputNode, methods, device: str = "auto", onProgress=None, onFinished=None,
-                     onError=None, onCancelled=None) -> AsyncHandle:
+                     onError=None, onCancelled=None):
         self.ensureDependencies(list(methods) + [BASELINE_METHOD])
-        handle = None
-
-        def progress(update):
-            handle._track(update)
-            if onProgress:
-                onProgress(update)
-
-        run = self._core().start_compare(inputNode, methods, device=device, on_progress=progress,
+        run = self._core().start_compare(inputNode, methods, device=device, on_progress=onProgress,
                                          on_finished=onFinished, on_error=onError, on_cancelled=onCancelled)
-        handle = AsyncHandle(run)
-        return handle
+        return run.drive(self._pollTimer())
+
+    @staticmethod
+    def _pollTimer():
+        """The QTimer that pumps a run on the main thread (released by the run when it ends)."""
+        timer = qt.QTimer()
+        timer.setInterval(POLL_INTERVAL_MS)
+        return timer
 
     # -- display ----------------------------------------------------------------------------------
     @staticmethod

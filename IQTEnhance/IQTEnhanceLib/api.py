@@ -183,12 +183,12 @@ class EnhancePlan:
 
 
 def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None, device: str = "auto",
-         options: Optional[dict] = None, probe_device: bool = True) -> EnhancePlan:
+         options: Optional[dict] = None, probe_device: bool = True, source: str = "input") -> EnhancePlan:
     """The one preflight of :func:`enhance`: input, method, model, factor and axis, device, options
     and memory, each checked once.  ``probe_device=False`` checks the device name without importing
-    torch (the Slicer panel: the worker process probes the GPU)."""
+    torch (the Slicer panel: the worker process probes the GPU); ``source`` names the input in errors."""
     spec = get_method(method)
-    validate_input(lq)
+    validate_input(lq, source)
     model = resolve_model(method, model)
     factor, axis = resolve_factor_axis(lq, model, factor, axis)
     if not spec.needs_torch:

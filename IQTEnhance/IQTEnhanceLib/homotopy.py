@@ -140,108 +140,146 @@ def _grow(x, size: int, dims: tuple, fill):
     return torch.nn.functional.pad(x, pad, value=fill)
 
 
+INF = float("inf")
+
+
 def _path(c, cache, lam, cap, dtype):
     """Run the homotopy from the correlations ``c`` = Dᵀy (n, K).  Returns chunks of rows that
     finished together: (row indices, slots (m, S): atom index or K for an empty slot, signs, codes on
-    the slots, G_AA⁻¹ in slot space).
+    the slots, G_AA⁻¹ in slot space)."""
+    return _Homotopy(c, cache, lam, cap, dtype).run()
+
+
+class _Homotopy:
+    """The state of a batch of homotopy paths advanced in lockstep (see :func:`_path`).
 
     The passes over (n, K) arrays dominate a step's cost on a CPU, so the K-wide state is two
     arrays, e = λ − c and f = λ + c (the distances of each correlation to the two bounds), and an
     active atom is marked by e = f = ∞: the next join is the largest of (1 − a)/e and (1 + a)/f, with
-    no masks and no clamping (eight passes per step; the straightforward form with c took twelve)."""
-    torch = _torch()
-    dev = c.device
-    n, K = c.shape
-    G64, diag = cache.G64, cache.diag64
-    G = cache.G32 if dtype == torch.float32 else G64[:, :K].contiguous()
-    sd = dtype   # small per-row state: float32 on the fast path (re-solved in float64), float64 on retry
-    f64 = torch.float64
-    cap = max(1, min(cap, K))
-    S = min(16, cap)
-    slots = torch.full((n, S), K, dtype=torch.long, device=dev)
-    signs = torch.zeros((n, S), dtype=sd, device=dev)
-    beta = torch.zeros((n, S), dtype=sd, device=dev)
-    w = torch.zeros((n, S), dtype=sd, device=dev)
-    Minv = torch.zeros((n, S, S), dtype=sd, device=dev)
-    lam_now, j0 = c.abs().max(dim=1)
-    lam_now = lam_now.to(f64)
-    e = lam_now.to(dtype)[:, None] - c
-    f = lam_now.to(dtype)[:, None] + c
-    inf = float("inf")
-    s0 = torch.sign(c.gather(1, j0[:, None]).squeeze(1)).to(sd)
-    e.scatter_(1, j0[:, None], inf)
-    f.scatter_(1, j0[:, None], inf)
-    slots[:, 0] = j0
-    signs[:, 0] = s0
-    Minv[:, 0, 0] = (1.0 / diag.index_select(0, j0)).to(sd)
-    w[:, 0] = Minv[:, 0, 0] * s0
-    width = 1
-    # an atom that left is kept out for one step (it sits on the bound); then its e, f are restored
-    pending = torch.full((n,), K, dtype=torch.long, device=dev)
-    pending_c = torch.zeros(n, dtype=f64, device=dev)
-    chunks = []
-    index = torch.arange(n, device=dev)
-    max_steps = 8 * cap + 64
-    for step in range(1, max_steps + 1):
-        W = width
+    no masks and no clamping (eight passes per step; the straightforward form with c took twelve).
+    Per row, the active atoms live in S slots (K marks an empty one) with their signs, codes
+    ``beta``, the direction ``w`` = G_AA⁻¹ s and ``Minv`` = G_AA⁻¹ in slot space."""
+
+    def __init__(self, c, cache, lam, cap, dtype):
+        torch = self.torch = _torch()
+        dev = self.device = c.device
+        n, K = c.shape
+        self.K, self.lam, self.dtype = K, lam, dtype
+        self.G64, self.diag = cache.G64, cache.diag64
+        self.G = cache.G32 if dtype == torch.float32 else self.G64[:, :K].contiguous()
+        sd = self.sd = dtype   # small per-row state: float32 on the fast path (re-solved in float64), float64 on retry
+        f64 = torch.float64
+        self.cap = max(1, min(cap, K))
+        self.S = min(16, self.cap)
+        self.slots = torch.full((n, self.S), K, dtype=torch.long, device=dev)
+        self.signs = torch.zeros((n, self.S), dtype=sd, device=dev)
+        self.beta = torch.zeros((n, self.S), dtype=sd, device=dev)
+        self.w = torch.zeros((n, self.S), dtype=sd, device=dev)
+        self.Minv = torch.zeros((n, self.S, self.S), dtype=sd, device=dev)
+        lam_now, j0 = c.abs().max(dim=1)
+        self.lam_now = lam_now.to(f64)
+        self.e = self.lam_now.to(dtype)[:, None] - c
+        self.f = self.lam_now.to(dtype)[:, None] + c
+        s0 = torch.sign(c.gather(1, j0[:, None]).squeeze(1)).to(sd)
+        self.e.scatter_(1, j0[:, None], INF)
+        self.f.scatter_(1, j0[:, None], INF)
+        self.slots[:, 0] = j0
+        self.signs[:, 0] = s0
+        self.Minv[:, 0, 0] = (1.0 / self.diag.index_select(0, j0)).to(sd)
+        self.w[:, 0] = self.Minv[:, 0, 0] * s0
+        self.width = 1
+        # an atom that left is kept out for one step (it sits on the bound); then its e, f are restored
+        self.pending = torch.full((n,), K, dtype=torch.long, device=dev)
+        self.pending_c = torch.zeros(n, dtype=f64, device=dev)
+        self.index = torch.arange(n, device=dev)
+
+    def run(self) -> list:
+        chunks = []
+        max_steps = 8 * self.cap + 64
+        for step in range(1, max_steps + 1):
+            stop, join, leave, j_join, k_leave, sign_join = self.move()
+            join, degenerate, no_room, k_join = self.update_inverse(join, leave, j_join, k_leave, sign_join)
+            self.bookkeep(join, leave, degenerate, no_room, j_join, k_join, k_leave, sign_join)
+            if step % 8 == 0:   # the incremental direction drifts slowly: recompute it from G_AA⁻¹
+                W = self.width
+                self.w[:, :W] = (self.Minv[:, :W, :W] * self.signs[:, None, :W]).sum(-1)
+            finished = stop if step < max_steps else self.torch.ones_like(stop)
+            n_done = int(finished.sum())
+            if n_done and (n_done * 16 >= len(self.index) or n_done == len(self.index) or step == max_steps):
+                chunks.append(self.compact(finished))
+                if not len(self.index):
+                    break
+            # rows at λ wait, frozen (their next γ is 0), for the next compaction
+        return chunks
+
+    def move(self) -> tuple:
+        """Advance every row to its next event (an atom joins or leaves, or λ is reached)."""
+        torch, K, dtype, f64 = self.torch, self.K, self.dtype, self.torch.float64
+        W = self.width
         # correlation change per unit step, a = G[:, A] w: a weighted sum of W rows of the Gram matrix
         # per patch (embedding_bag: measured 2.5x faster than the dense product Dᵀ(D_A w) on 2 cores)
-        a = torch.nn.functional.embedding_bag(slots[:, :W], G, per_sample_weights=w[:, :W].to(dtype), mode="sum")
+        a = torch.nn.functional.embedding_bag(self.slots[:, :W], self.G, per_sample_weights=self.w[:, :W].to(dtype),
+                                              mode="sum")
         up = a.add_(1.0)                                             # 1 + a
         down = torch.rsub(up, 2.0)                                   # 1 - a
-        ratio = down / e
-        torch.maximum(ratio, up / f, out=ratio)
+        ratio = down / self.e
+        torch.maximum(ratio, up / self.f, out=ratio)
         r_join, j_join = ratio.max(dim=1)
         if bool(torch.isnan(r_join).any()):   # 0/0: an exact duplicate of an active atom, on its bound
-            ratio.nan_to_num_(nan=-inf)
+            ratio.nan_to_num_(nan=-INF)
             r_join, j_join = ratio.max(dim=1)
         r_join = r_join.to(f64)
-        g_join = torch.where(r_join > 0, 1.0 / r_join, torch.full_like(r_join, inf))
+        g_join = torch.where(r_join > 0, 1.0 / r_join, torch.full_like(r_join, INF))
         # leaves: an active coefficient reaches zero
-        t = -beta[:, :W] / w[:, :W]
-        t = torch.where((slots[:, :W] < K) & (t > 0), t, torch.full_like(t, inf)).to(f64)
+        t = -self.beta[:, :W] / self.w[:, :W]
+        t = torch.where((self.slots[:, :W] < K) & (t > 0), t, torch.full_like(t, INF)).to(f64)
         g_leave, k_leave = t.min(dim=1)
-        g_stop = lam_now - lam
+        g_stop = self.lam_now - self.lam
         stop = g_stop <= torch.minimum(g_join, g_leave)
         leave = ~stop & (g_leave < g_join)
         join = ~stop & ~leave
         gamma = torch.minimum(g_stop, torch.minimum(g_join, g_leave)).clamp_min(0.0)
         g32 = gamma.to(dtype)[:, None]
-        e.addcmul_(down, g32, value=-1.0)
-        f.addcmul_(up, g32, value=-1.0)
-        beta[:, :W].addcmul_(gamma.to(sd)[:, None], w[:, :W])
-        lam_after = torch.where(stop, torch.full_like(lam_now, lam), lam_now - gamma)
-        restore = torch.nonzero(pending < K).squeeze(1)
+        self.e.addcmul_(down, g32, value=-1.0)
+        self.f.addcmul_(up, g32, value=-1.0)
+        self.beta[:, :W].addcmul_(gamma.to(self.sd)[:, None], self.w[:, :W])
+        lam_after = torch.where(stop, torch.full_like(self.lam_now, self.lam), self.lam_now - gamma)
+        restore = torch.nonzero(self.pending < K).squeeze(1)
         if len(restore):   # the atom that left one step ago: its distances to the bounds again
-            p = pending[restore]
-            c_p = pending_c[restore] - gamma[restore] * (up[restore, p].to(f64) - 1.0)
-            e[restore, p] = (lam_after[restore] - c_p).to(dtype)
-            f[restore, p] = (lam_after[restore] + c_p).to(dtype)
+            p = self.pending[restore]
+            c_p = self.pending_c[restore] - gamma[restore] * (up[restore, p].to(f64) - 1.0)
+            self.e[restore, p] = (lam_after[restore] - c_p).to(dtype)
+            self.f[restore, p] = (lam_after[restore] + c_p).to(dtype)
         # the joining atom's sign: + if it reached the upper bound (e = 0), - for the lower one
         j_col = j_join[:, None]
-        sign_join = torch.where(e.gather(1, j_col) <= f.gather(1, j_col), 1.0, -1.0).squeeze(1)
-        lam_now = lam_after
+        sign_join = torch.where(self.e.gather(1, j_col) <= self.f.gather(1, j_col), 1.0, -1.0).squeeze(1)
+        self.lam_now = lam_after
+        return stop, join, leave, j_join, k_leave, sign_join
 
-        # one rank-one update of G_AA⁻¹ per row: join (v = u - e_k, σ = 1/α) or leave (v = M e_k,
-        # σ = -1/M_kk), on the first W2 slots (a join takes the first empty slot, at most slot W)
-        if W + 1 > S and S < cap:
-            S = min(2 * S, cap)
-            slots = _grow(slots, S, (1,), K)
-            signs, beta, w = (_grow(x, S, (1,), 0.0) for x in (signs, beta, w))
-            Minv = _grow(Minv, S, (1, 2), 0.0)
-        W2 = min(W + 1, S)
-        empty = slots[:, :W2] == K
+    def update_inverse(self, join, leave, j_join, k_leave, sign_join) -> tuple:
+        """One rank-one update of G_AA⁻¹ per row: join (v = u - e_k, σ = 1/α) or leave (v = M e_k,
+        σ = -1/M_kk), on the first W2 slots (a join takes the first empty slot, at most slot W); the
+        direction w follows without a product."""
+        torch, sd, K = self.torch, self.sd, self.K
+        W = self.width
+        if W + 1 > self.S and self.S < self.cap:
+            self.S = min(2 * self.S, self.cap)
+            self.slots = _grow(self.slots, self.S, (1,), K)
+            self.signs, self.beta, self.w = (_grow(x, self.S, (1,), 0.0) for x in (self.signs, self.beta, self.w))
+            self.Minv = _grow(self.Minv, self.S, (1, 2), 0.0)
+        W2 = min(W + 1, self.S)
+        empty = self.slots[:, :W2] == K
         room = empty.any(dim=1)
         k_join = empty.to(torch.int8).argmax(dim=1)
-        Mw = Minv[:, :W2, :W2]
-        b = torch.take(G64, j_join[:, None] * (K + 1) + slots[:, :W2]).to(sd)   # G_{j,A} (0 on empty slots)
+        Mw = self.Minv[:, :W2, :W2]
+        b = torch.take(self.G64, j_join[:, None] * (K + 1) + self.slots[:, :W2]).to(sd)   # G_{j,A} (0 on empty slots)
         u = (Mw * b[:, None, :]).sum(-1)
-        d_join = diag.index_select(0, j_join).to(sd)
+        d_join = self.diag.index_select(0, j_join).to(sd)
         alpha = d_join - (b * u).sum(1)
         degenerate = join & (alpha <= 1e-6 * d_join)
         no_room = join & ~room
         join = join & room & ~degenerate
-        slot_ids = torch.arange(W2, device=dev)
+        slot_ids = torch.arange(W2, device=self.device)
         k_l = k_leave.clamp(max=W2 - 1)
         m_col = Mw.gather(2, k_l[:, None, None].expand(-1, W2, 1)).squeeze(2)
         m_kk = m_col.gather(1, k_l[:, None]).squeeze(1)
@@ -249,48 +287,48 @@ def _path(c, cache, lam, cap, dtype):
         v = torch.where(join[:, None], u - e_k, m_col)
         sigma = torch.where(join, 1.0 / alpha, torch.where(leave, -1.0 / m_kk, torch.zeros_like(alpha)))
         Mw.addcmul_((sigma[:, None] * v)[:, :, None], v[:, None, :])
-        # the direction follows without a product: join: w += (s_j - uᵀs)/α (e_k - u); leave: w -= w_k/M_kk M e_k
-        ww = w[:, :W2]
-        s_w = signs[:, :W2]
-        delta_join = (sign_join.to(sd) - (u * s_w).sum(1)) / alpha
+        # join: w += (s_j - uᵀs)/α (e_k - u); leave: w -= w_k/M_kk M e_k
+        ww = self.w[:, :W2]
+        delta_join = (sign_join.to(sd) - (u * self.signs[:, :W2]).sum(1)) / alpha
         w_k = ww.gather(1, k_l[:, None]).squeeze(1)
         coef = torch.where(join, delta_join, torch.where(leave, -w_k / m_kk, torch.zeros_like(alpha)))
         ww.addcmul_(coef[:, None], torch.where(join[:, None], e_k - u, m_col))
         leaving = torch.nonzero(leave).squeeze(1)
         if len(leaving):   # the downdate leaves rounding residue in row/column k: make it exactly 0
             k_rows = k_leave[leaving]
-            Minv[leaving, k_rows, :] = 0.0
-            Minv[leaving, :, k_rows] = 0.0
-            w[leaving, k_rows] = 0.0
-        # bookkeeping of the slots
-        sign_left = signs.gather(1, k_l[:, None]).squeeze(1).to(f64)   # a leaving atom sits at c = λ s
+            self.Minv[leaving, k_rows, :] = 0.0
+            self.Minv[leaving, :, k_rows] = 0.0
+            self.w[leaving, k_rows] = 0.0
+        return join, degenerate, no_room, k_join
+
+    def bookkeep(self, join, leave, degenerate, no_room, j_join, k_join, k_leave, sign_join) -> None:
+        """The slots after the event: a joining atom takes its slot, a leaving one frees it."""
+        torch, K = self.torch, self.K
+        k_l = k_leave.clamp(max=self.slots.shape[1] - 1)
+        sign_left = self.signs.gather(1, k_l[:, None]).squeeze(1).to(torch.float64)   # a leaving atom sits at c = λ s
         k = torch.where(join, k_join, k_leave)[:, None]
-        atom = slots.gather(1, k).squeeze(1)
-        slots.scatter_(1, k, torch.where(join, j_join, torch.where(leave, K, atom))[:, None])
-        signs.scatter_(1, k, torch.where(join, sign_join.to(sd),
-                                         torch.where(leave, 0.0, signs.gather(1, k).squeeze(1)))[:, None])
-        beta.scatter_(1, k, torch.where(join | leave, 0.0, beta.gather(1, k).squeeze(1))[:, None])
+        atom = self.slots.gather(1, k).squeeze(1)
+        self.slots.scatter_(1, k, torch.where(join, j_join, torch.where(leave, K, atom))[:, None])
+        self.signs.scatter_(1, k, torch.where(join, sign_join.to(self.sd),
+                                              torch.where(leave, 0.0, self.signs.gather(1, k).squeeze(1)))[:, None])
+        self.beta.scatter_(1, k, torch.where(join | leave, 0.0, self.beta.gather(1, k).squeeze(1))[:, None])
         # an atom (nearly) in the span of the active ones is never needed: out for good, like a joined one
         out = torch.nonzero(join | degenerate | no_room).squeeze(1)
-        e[out, j_join[out]] = inf
-        f[out, j_join[out]] = inf
-        pending = torch.where(leave, atom, K)
-        pending_c = torch.where(leave, lam_now * sign_left, pending_c)
+        self.e[out, j_join[out]] = INF
+        self.f[out, j_join[out]] = INF
+        self.pending = torch.where(leave, atom, K)
+        self.pending_c = torch.where(leave, self.lam_now * sign_left, self.pending_c)
         if bool(join.any()):
-            width = max(width, int(k_join[join].max()) + 1)
-        if step % 8 == 0:   # the incremental direction drifts slowly: recompute it from G_AA⁻¹
-            w[:, :width] = (Minv[:, :width, :width] * signs[:, None, :width]).sum(-1)
-        finished = stop if step < max_steps else torch.ones_like(stop)
-        n_done = int(finished.sum())
-        if n_done and (n_done * 16 >= len(index) or n_done == len(index) or step == max_steps):
-            rows = torch.nonzero(finished).squeeze(1)
-            chunks.append((index[rows], slots[rows], signs[rows], beta[rows], Minv[rows]))
-            keep_rows = ~finished
-            index, e, f, slots, signs, beta, w, Minv, lam_now, pending, pending_c = (
-                x[keep_rows] for x in (index, e, f, slots, signs, beta, w, Minv, lam_now, pending, pending_c))
-            if not len(index):
-                break
-            used = torch.nonzero((slots < K).any(dim=0))
-            width = int(used.max()) + 1 if len(used) else 1
-        # rows at λ wait, frozen (their next γ is 0), for the next compaction
-    return chunks
+            self.width = max(self.width, int(k_join[join].max()) + 1)
+
+    def compact(self, finished) -> tuple:
+        """Hand the finished rows out as one chunk and keep the others."""
+        torch, K = self.torch, self.K
+        rows = torch.nonzero(finished).squeeze(1)
+        chunk = (self.index[rows], self.slots[rows], self.signs[rows], self.beta[rows], self.Minv[rows])
+        keep = ~finished
+        for name in ("index", "e", "f", "slots", "signs", "beta", "w", "Minv", "lam_now", "pending", "pending_c"):
+            setattr(self, name, getattr(self, name)[keep])
+        used = torch.nonzero((self.slots < K).any(dim=0))
+        self.width = int(used.max()) + 1 if len(used) else 1
+        return chunk

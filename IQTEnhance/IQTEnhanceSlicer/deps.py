@@ -136,9 +136,19 @@ def ensure_packages(needs_torch: bool, confirm: Callable[[str, str], bool],
 
 
 def slicer_pip_install(requirements: str, constraints_path: str) -> None:
-    """Install with Slicer's pip, pinning the protected packages.  Slicer >= 5.11 takes a
-    ``constraints`` argument; older versions pass a list of arguments to pip as they are (a list,
-    not a string, so a temporary path with spaces survives)."""
+    """Install with Slicer's own tools, pinning the protected packages: ``slicer.pydeps.pip_ensure``
+    where Slicer has it (5.11 and later: it checks first, installs only what is missing, and records
+    who asked), else ``slicer.util.pip_install`` with a ``constraints`` argument, else (older
+    versions) pip's own ``-c`` in a list of arguments, so a temporary path with spaces survives."""
+    try:
+        import slicer.pydeps as pydeps
+    except ImportError:
+        pydeps = None
+    if pydeps is not None and hasattr(pydeps, "pip_ensure"):
+        from packaging.requirements import Requirement
+
+        pydeps.pip_ensure([Requirement(requirements)], constraints=constraints_path, requester="IQTEnhance")
+        return
     import slicer.util
 
     try:

@@ -51,7 +51,9 @@ class AsyncRun:
         self.outputs: Optional[list] = None
         self.error_message = ""
         self.error_details = ""
+        self.last_update = None       # the latest ProgressUpdate (the panel shows it while cancelling)
         self._reported = False
+        self._timer = None
 
     def start(self) -> "AsyncRun":
         self.job.start()
@@ -74,8 +76,10 @@ class AsyncRun:
         if self._reported:
             return False
         update = self.job.poll()
-        if update is not None and self.on_progress is not None:
-            self.on_progress(update)
+        if update is not None:
+            self.last_update = update
+            if self.on_progress is not None:
+                self.on_progress(update)
         if not self.job.finished:
             return True
         self._reported = True
@@ -95,6 +99,32 @@ class AsyncRun:
         elif self.on_cancelled is not None:
             self.on_cancelled()
         return False
+
+    def drive(self, timer) -> "AsyncRun":
+        """Let ``timer`` (a started or startable ``qt.QTimer`` on the main thread) call :meth:`pump`
+        until the run is over; then the timer is stopped, disconnected and released, so a finished run
+        holds no Qt object.  An exception in a pump is logged and ends the run's pumping (it must
+        never escape a Qt slot)."""
+        self._timer = timer
+        timer.connect("timeout()", self._tick)
+        timer.start()
+        return self
+
+    def _tick(self) -> None:
+        try:
+            more = self.pump()
+        except Exception:  # noqa: BLE001 - never let an exception escape a Qt timer slot
+            import logging
+            import traceback
+
+            logging.error(traceback.format_exc())
+            more = False
+        if not more and self._timer is not None:
+            timer, self._timer = self._timer, None
+            timer.stop()
+            timer.disconnect("timeout()", self._tick)
+            if hasattr(timer, "deleteLater"):
+                timer.deleteLater()
 
     def _details(self) -> str:
         log = "\n".join(self.job.log[-50:])

@@ -44,7 +44,7 @@ class EnhanceRequest:
     axis: Optional[str] = None
     extras: bool = False
 
-    def validate(self, volume: Volume) -> None:
+    def validate(self, volume: Volume, source: str = "input") -> None:
         """Fail fast, on the main thread, for what the engine would reject only later: the engine's
         own preflight (:func:`IQTEnhanceLib.api.plan`: options, model, factor and axis, memory).
         The GPU is probed only when torch is imported already (importing it takes seconds on the
@@ -53,17 +53,18 @@ class EnhanceRequest:
         if self.extras and not spec.extras:
             raise InputError(f"method {self.method} makes no extra maps (such as a trust map)")
         planned = api.plan(volume, self.method, model=self.model, factor=self.factor, axis=self.axis,
-                           device=self.device, options=self.engine_options(), probe_device="torch" in sys.modules)
+                           device=self.device, options=self.engine_options(spec), probe_device="torch" in sys.modules,
+                           source=source)
         # the model is loaded once, here; the thread backend uses the loaded file, the worker its path
         self.model = planned.model
         self.options = {k: v for k, v in planned.options.items() if k in self.options}
 
-    def engine_options(self) -> dict:
+    def engine_options(self, spec=None) -> dict:
         """Options passed to the engine.  Asking for extras switches on the method's boolean options
         named after them (e.g. ``trust`` / ``make_trust`` / ``trust_map``), if it has any."""
         options = dict(self.options)
         if self.extras:
-            for name in get_method(self.method).extra_switches().values():
+            for name in (spec or get_method(self.method)).extra_switches().values():
                 options.setdefault(name, True)
         return options
 
@@ -78,8 +79,7 @@ class EnhanceOutput:
 
 def check_enhanceable(volume: Volume, source: str = "input") -> None:
     """A volume with a single voxel along an axis is a 2-D image: nothing lies between its slices,
-    and no patch-based model fits it."""
-    api.validate_input(volume, source)
+    and no patch-based model fits it.  (The values are checked by the engine's plan.)"""
     thin = [("i", "j", "k")[a] for a in range(3) if volume.size_ijk[a] < 2]
     if thin:
         raise InputError(
@@ -105,7 +105,7 @@ class EnhanceTask:
         self.input_volume = mrml.volume_from_node(input_node)  # checks the node; copies the voxels
         check_enhanceable(self.input_volume, source)
         for request in requests:
-            request.validate(self.input_volume)
+            request.validate(self.input_volume, source)
         if output_node is not None:
             if len(requests) != 1:
                 raise InputError("an output volume can be given for one method only; Compare makes new volumes")

@@ -1,4 +1,4 @@
-"""Cohort batch on Dask: `iqt-enhance batch` and IQTEnhanceLib.batch.run_batch.
+"""Cohort batch on Dask: `iqt-enhance batch` and IQTEnhanceApps.batch.run_batch.
 
 Real data: LQ volumes simulated from the committed Colin27 / ICBM crops (×4 along k, different
 noise seeds), real Dask LocalClusters with worker *processes*, real model files trained here.
@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from IQTEnhanceLib import api, batch
-from IQTEnhanceLib.cli import main as cli_main
+from IQTEnhanceApps import batch
+from IQTEnhanceLib import api
+from IQTEnhanceApps.cli import main as cli_main
 from IQTEnhanceLib.data import load_fixture
 from IQTEnhanceLib.errors import InputError
 from IQTEnhanceLib.methods import get_method
@@ -476,14 +477,14 @@ def test_readme_cluster_configs_make_the_job_scripts_we_document(tmp_path, examp
 
 
 def test_one_batch_per_output_folder(tmp_path):
-    with batch._OutdirLock(tmp_path):
+    with batch.runner._OutdirLock(tmp_path):
         with pytest.raises(InputError, match="another batch"):
-            with batch._OutdirLock(tmp_path):
+            with batch.runner._OutdirLock(tmp_path):
                 pass
     assert not (tmp_path / batch.LOCK_NAME).exists()
     # a lock left by a run killed on this machine is taken over
     (tmp_path / batch.LOCK_NAME).write_text(json.dumps({"host": os.uname().nodename, "pid": 2 ** 22 + 7}))
-    with batch._OutdirLock(tmp_path):
+    with batch.runner._OutdirLock(tmp_path):
         pass
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from IQTEnhanceLib import api
-from IQTEnhanceLib.cli import main
+from IQTEnhanceApps.cli import main
 from IQTEnhanceLib.metrics import evaluate
 from IQTEnhanceLib.grid import crop_to_whole_slabs
 from IQTEnhanceLib.models import default_model_path, file_checksum, load_model, shipped_models, shipped_models_dir

@@ -6,15 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from IQTEnhanceLib import cli
-from IQTEnhanceLib.cli import main
+from IQTEnhanceApps import cli
+from IQTEnhanceApps.cli import main
 from IQTEnhanceLib.methods import METHOD_MODULES
 from IQTEnhanceLib.metrics import evaluate
 from IQTEnhanceLib.models import ModelFile, save_model
@@ -284,26 +283,33 @@ def test_nifti_nan_reaches_the_engine_as_zero_as_documented(colin, tmp_path):
     assert "NaN" in cli.build_parser(["--help"]).epilog
 
 
-def test_extra_commands_are_optional(tmp_path, monkeypatch, capsys):
-    (tmp_path / "fake_iqt_command.py").write_text(textwrap.dedent('''
-        def register(subparsers):
-            p = subparsers.add_parser("hello", help="say hello")
-            p.add_argument("--name", default="world")
-            p.set_defaults(func=lambda args: print(f"hello {args.name}") or 3)
-    '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "EXTRA_COMMANDS", ["module_that_is_not_installed", "fake_iqt_command"])
+def test_commands_are_registered_explicitly(monkeypatch, capsys):
+    """Every command is a register function in one tuple (no module names looked up at run time):
+    the applications beside the core commands register their own sub-parser, and a new command is
+    one more entry."""
+    from IQTEnhanceApps.batch import command as batch_command
+    from IQTEnhanceApps.cli import parser as cli_parser
+    from IQTEnhanceApps.study import command as study_command
+
+    assert batch_command.register in cli_parser.COMMANDS and study_command.register in cli_parser.COMMANDS
+
+    def register_hello(subparsers, request):
+        p = subparsers.add_parser("hello", parents=[request.common], help="say hello")
+        p.add_argument("--name", default="world")
+        p.set_defaults(func=lambda args: print(f"hello {args.name}") or 3)
+
+    monkeypatch.setattr(cli_parser, "COMMANDS", cli_parser.COMMANDS + (register_hello,))
     code, out, err = run(capsys, "hello", "--name", "IQT")
     assert code == 3 and out.strip() == "hello IQT" and err == ""
     code, out, _ = run(capsys, "--help")
-    assert code == 0 and "hello" in out and "simulate" in out
+    assert code == 0 and "hello" in out and "simulate" in out and "batch" in out and "benchmark" in out
 
 
 def test_ctrl_c_exits_130_without_output(tmp_path):
     big = Volume(np.random.default_rng(0).random((64, 256, 256), dtype=np.float32) * 100 + 10, (1, 1, 4))
     write_volume(big, tmp_path / "big.nii")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "IQTEnhance"))
-    proc = subprocess.Popen([sys.executable, "-m", "IQTEnhanceLib.cli", "enhance", str(tmp_path / "big.nii"),
+    proc = subprocess.Popen([sys.executable, "-m", "IQTEnhanceApps.cli", "enhance", str(tmp_path / "big.nii"),
                              str(tmp_path / "out.nii.gz"), "--method", "bspline"],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     lines = []
@@ -320,7 +326,9 @@ def test_ctrl_c_exits_130_without_output(tmp_path):
 
 def test_demo_runs_every_available_method(tmp_path, capsys):
     out_dir = tmp_path / "demo"
-    methods, skipped = cli.demo_methods()
+    from IQTEnhanceApps.demo import demo_methods
+
+    methods, skipped = demo_methods()
     code, out, err = run(capsys, "demo", "--data", "fixture", "--out", out_dir, "-q")
     assert code == 0, err
     metrics = json.loads((out_dir / "metrics.json").read_text())

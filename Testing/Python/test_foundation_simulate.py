@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from IQTEnhanceLib.cli import main
+from IQTEnhanceApps.cli import main
 from IQTEnhanceLib.errors import InputError
 from IQTEnhanceLib.interpolation import upsample
 from IQTEnhanceLib.simulate import (SimulationParameters, apply_contrast, degrade_array, sample_parameters,
@@ -214,3 +214,41 @@ def test_cli_sidecar_holds_every_parameter(colin, tmp_path):
     assert outs[0][0]["simulation"] != outs[2][0]["simulation"]
     assert outs[0][0]["mode"] == "stochastic" and outs[0][0]["ranges"]["snr"] == [10.0, 40.0]
     assert outs[0][0]["stochastic_seed"] == 11
+
+
+def test_lowfield_contrast_lowers_the_wm_gm_difference_by_the_drawn_amount(colin):
+    """The low-field T1w model on a real brain: the GM/WM and GM/CSF differences of the tissue
+    classes shrink by exactly the drawn fractions, WM/GM ratio falls, and the sidecar record says so."""
+    from IQTEnhanceLib.lowfield import LowFieldRanges, class_means, lowfield_parameters
+    from IQTEnhanceLib.simulate import apply_contrast, tissue_memberships
+
+    image, mask = colin
+    brain = mask.array > 0
+    for seed in (0, 1, 2):
+        drawn = LowFieldRanges().draw(np.random.default_rng(seed))
+        params, record = lowfield_parameters(image.array, brain, drawn, 4, "k", seed=seed)
+        memberships = tissue_memberships(image.array.astype(np.float32), brain)
+        before = class_means(image.array, memberships, brain)
+        after = class_means(apply_contrast(image.array, brain, params.contrast), memberships, brain)
+        assert (after[2] - after[1]) / (before[2] - before[1]) == pytest.approx(1.0 - drawn.gm_wm, abs=2e-3)
+        assert (after[1] - after[0]) / (before[1] - before[0]) == pytest.approx(1.0 - drawn.csf_gm, abs=2e-3)
+        assert record["wm_gm_ratio_lq"] < record["wm_gm_ratio_hq"]
+        assert record["gm_wm"] == drawn.gm_wm and record["snr_wm"] == drawn.snr_wm
+
+
+def test_cli_simulates_lowfield_and_records_it(colin, tmp_path, capsys):
+    from IQTEnhanceApps.cli import main
+    from IQTEnhanceLib.volume import write_volume
+
+    image, mask = colin
+    write_volume(image, tmp_path / "hq.nii.gz")
+    write_volume(mask, tmp_path / "mask.nii.gz")
+    assert main(["simulate", str(tmp_path / "hq.nii.gz"), str(tmp_path / "lq.nii.gz"), "--mask",
+                 str(tmp_path / "mask.nii.gz"), "--lowfield", "--gm-wm-loss", "0.4", "--snr-wm", "12", "-q"]) == 0
+    record = json.loads((tmp_path / "lq.json").read_text())
+    assert record["mode"] == "lowfield" and record["lowfield"]["gm_wm"] == 0.4 and record["lowfield"]["snr_wm"] == 12
+    assert 0.0 <= record["lowfield"]["csf_gm"] <= 0.3     # drawn from the model's range
+    assert record["simulation"]["contrast"] != [1.0, 1.0, 1.0]
+    assert main(["simulate", str(tmp_path / "hq.nii.gz"), str(tmp_path / "lq2.nii.gz"), "--lowfield",
+                 "--snr", "20", "-q"]) == 2
+    assert "--lowfield sets the contrast and the SNR" in capsys.readouterr().err

@@ -321,7 +321,7 @@ def test_dictionary_generator_needs_a_power_of_two():
 
 
 def test_cli_shows_and_draws_the_dictionary(models, tmp_path, capsys):
-    from IQTEnhanceLib import cli
+    from IQTEnhanceApps import cli
     from IQTEnhanceLib.models import save_model
 
     path = tmp_path / "ddl.iqtm"

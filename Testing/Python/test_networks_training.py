@@ -157,8 +157,19 @@ def test_shipped_weights_beat_trilinear_on_held_out_colin27(colin, method):
     assert ours["ssim"] > linear["ssim"]
 
 
+@pytest.mark.parametrize("method", ["dl", "ddl"])
+def test_shipped_networks_beat_trilinear_by_a_fifth_on_the_committed_crop(colin, method):
+    """The shipped weights on the committed Colin27 crop (never trained on; ×4 along k, SNR 20): at
+    least 20% lower NRMSE than trilinear interpolation in the brain mask."""
+    image, mask = colin
+    lq, _ = simulate.simulate(image, factor=4, axis="k", snr=20, seed=1)
+    ours = metrics.evaluate(api.enhance(lq, method, device="cpu").volume, image, mask)["nrmse"]
+    linear = metrics.evaluate(api.enhance(lq, "trilinear").volume, image, mask)["nrmse"]
+    assert ours <= 0.8 * linear, f"{method}: {ours:.4f} vs trilinear {linear:.4f}"
+
+
 def test_cli_trains_and_enhances_with_a_network(icbm_t1, colin, tmp_path):
-    from IQTEnhanceLib import cli
+    from IQTEnhanceApps import cli
     from IQTEnhanceLib.volume import read_volume, write_volume
 
     image, mask = icbm_t1
@@ -193,7 +204,8 @@ def test_cuda_training_runs_and_gives_a_cpu_loadable_model(icbm_t1, method):
 def test_kmeans_atoms_span_the_training_residuals(icbm_t1):
     """k-means atom initialisation: K centred atoms of f values that quantise the real residuals
     (HQ minus linear up-sampling) far better than the random initial atoms."""
-    from IQTEnhanceLib.nets.training import SimulationPool, kmeans_atoms
+    from IQTEnhanceLib.nets.training import kmeans_atoms
+    from IQTEnhanceLib.nets.training_data import SimulationPool
     from IQTEnhanceLib.training import make_training_pairs
 
     image, mask = icbm_t1

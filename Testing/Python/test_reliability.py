@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from IQTEnhanceLib import api
-from IQTEnhanceLib.cli import main
+from IQTEnhanceApps.cli import main
 from IQTEnhanceLib.grid import hq_geometry
 from IQTEnhanceLib.methods import METHOD_MODULES
 from IQTEnhanceLib.models import default_model_path, load_model, save_model

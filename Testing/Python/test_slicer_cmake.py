@@ -78,9 +78,10 @@ def test_every_python_file_of_the_module_is_a_listed_script(cmake_lists):
     missing = sorted(files_on_disk(MODULE, "*.py") - listed)
     assert not missing, (
         "Python files that the Slicer extension would not ship: " + ", ".join(missing) + ". "
-        "Files under IQTEnhanceLib/ and IQTEnhanceSlicer/ are globbed; anything else must be added to "
+        "Files under IQTEnhanceLib/, IQTEnhanceApps/ and IQTEnhanceSlicer/ are globbed; anything else must be added to "
         "MODULE_PYTHON_SCRIPTS in IQTEnhance/CMakeLists.txt.")
     assert "IQTEnhance.py" in listed and "IQTEnhanceLib/api.py" in listed and "IQTEnhanceSlicer/mrml.py" in listed
+    assert "IQTEnhanceApps/cli/main.py" in listed
 
 
 @needs_cmake
@@ -116,6 +117,14 @@ def test_extension_metadata_is_complete_and_points_at_files_that_exist():
                  "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert _cmake_set(text, name).strip(), f"{name} is empty"
     assert "2411.05885" in _cmake_set(text, "EXTENSION_DESCRIPTION")
+    # the Extensions Index asks for "Name (Organisation)" per contributor and a one- or two-sentence description
+    for contributor in _cmake_set(text, "EXTENSION_CONTRIBUTORS").split(","):
+        assert re.fullmatch(r"[^()]+ \([^()]+\)", contributor.strip()), contributor
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", _cmake_set(text, "EXTENSION_DESCRIPTION")) if s]
+    assert 1 <= len(sentences) <= 2, sentences
+    module = (MODULE / "IQTEnhance.py").read_text()
+    contributors = re.search(r"self\.parent\.contributors = \[([^\]]*)\]", module).group(1)
+    assert _cmake_set(text, "EXTENSION_CONTRIBUTORS") in contributors
     assert re.search(r"add_subdirectory\(IQTEnhance\)", text)
     assert "include(${Slicer_EXTENSION_CPACK})" in text
     for name in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):

@@ -119,6 +119,52 @@ def test_non_blocking_run_reports_progress_and_hands_the_node_over(colin):
     assert not run.pump()  # nothing more after the hand-off
 
 
+class FakeTimer:
+    """What AsyncRun.drive uses of a qt.QTimer: connect/disconnect, start/stop, deleteLater."""
+
+    def __init__(self):
+        self.slots, self.running, self.deleted = [], False, False
+
+    def connect(self, signal, slot):
+        self.slots.append(slot)
+
+    def disconnect(self, signal, slot):
+        self.slots.remove(slot)
+
+    def start(self):
+        self.running = True
+
+    def stop(self):
+        self.running = False
+
+    def deleteLater(self):
+        self.deleted = True
+
+    def fire(self):
+        for slot in list(self.slots):
+            slot()
+
+
+def test_a_driven_run_pumps_itself_and_releases_its_timer(colin):
+    """One run object: the panel's timer pumps it; when the run ends the timer is stopped,
+    disconnected and released, and the last progress stays readable (shown while cancelling)."""
+    import time
+
+    s = scene()
+    node = add_lq_node(s, colin[0], AXIS_ALIGNED_RAS)
+    finished = []
+    timer = FakeTimer()
+    run = EnhanceLogic(s).start_enhance(node, "bspline", on_finished=finished.extend).drive(timer)
+    assert timer.running and timer.slots
+    deadline = time.monotonic() + 60
+    while timer.slots and time.monotonic() < deadline:
+        timer.fire()
+        time.sleep(0.02)
+    assert run.done and len(finished) == 1
+    assert not timer.running and not timer.slots and timer.deleted
+    assert run.last_update is not None and run.last_update.fraction == pytest.approx(1.0)
+
+
 def test_non_blocking_cancel_leaves_the_scene_as_it_was(colin):
     s = scene()
     node = add_lq_node(s, colin[0], AXIS_ALIGNED_RAS)

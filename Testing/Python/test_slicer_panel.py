@@ -261,3 +261,25 @@ def test_remembered_choices_survive_only_when_still_valid():
     assert panel.remembered_choices('{"method": "magic"}') == {}
     for broken in ("", "not json", "[1, 2]", None):
         assert panel.remembered_choices(broken) == {}
+
+
+def test_slicer_install_uses_pydeps_pip_ensure_where_slicer_has_it(monkeypatch, tmp_path):
+    """Slicer >= 5.11: ``slicer.pydeps.pip_ensure`` with the constraints file and who asked; older
+    Slicer: ``slicer.util.pip_install`` with the constraints."""
+    import sys
+    import types
+
+    import slicer.util
+
+    constraints = str(tmp_path / "constraints.txt")
+    calls = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: calls.append(("pip_install", a, k)),
+                        raising=False)
+    monkeypatch.setitem(sys.modules, "slicer.pydeps", None)      # an older Slicer: no pydeps
+    deps.slicer_pip_install("scipy>=1.8", constraints)
+    assert calls == [("pip_install", ("scipy>=1.8",), {"constraints": constraints})]
+    pydeps = types.ModuleType("slicer.pydeps")
+    pydeps.pip_ensure = lambda reqs, **k: calls.append(("pip_ensure", [str(r) for r in reqs], k))
+    monkeypatch.setitem(sys.modules, "slicer.pydeps", pydeps)
+    deps.slicer_pip_install("scipy>=1.8", constraints)
+    assert calls[-1] == ("pip_ensure", ["scipy>=1.8"], {"constraints": constraints, "requester": "IQTEnhance"})

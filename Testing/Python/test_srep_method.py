@@ -125,7 +125,7 @@ def test_training_is_deterministic_with_a_seed(icbm_t1, colin_lq, formulation):
 
 
 def test_command_line_writes_output_and_trust_map(tmp_path, colin_lq):
-    from IQTEnhanceLib.cli import main
+    from IQTEnhanceApps.cli import main
     from IQTEnhanceLib.volume import read_volume, write_volume
 
     lq_path = write_volume(colin_lq, tmp_path / "lq.nrrd")

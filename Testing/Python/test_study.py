@@ -1,4 +1,4 @@
-"""The evaluation study (IQTEnhanceLib.study): lesions, OOD variants, measures, and a smoke run."""
+"""The evaluation study (IQTEnhanceApps.study): lesions, OOD variants, measures, and a smoke run."""
 import dataclasses
 import json
 import re
@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from IQTEnhanceLib import study
+from IQTEnhanceApps import study
 from IQTEnhanceLib.simulate import tissue_memberships
 
 
@@ -58,7 +58,9 @@ def test_lesions_are_deterministic_and_have_the_intended_contrast(colin):
 
 def test_lesions_that_do_not_fit_give_a_clear_error(colin):
     image, mask = colin
-    with pytest.raises(study.InputError, match="no room for a lesion"):
+    from IQTEnhanceLib.errors import InputError
+
+    with pytest.raises(InputError, match="no room for a lesion"):
         study.insert_lesions(image, mask, study.LesionSpec(radii_mm=(30.0,), factors=(0.5,), per_kind=1))
 
 
@@ -209,7 +211,7 @@ def test_benchmark_smoke_run_reports_every_method_and_case(tmp_path):
 
 
 def test_benchmark_cli_runs_on_fixtures(tmp_path):
-    from IQTEnhanceLib import cli
+    from IQTEnhanceApps import cli
 
     out = tmp_path / "cli"
     code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "nearest", "trilinear",
@@ -267,3 +269,38 @@ def test_training_simulation_is_described_from_the_record():
     assert study.describe_training_simulation(dict(fixed, snr=None, contrast=[1.0, 1.0, 1.0])) == (
         "fixed: no noise, slice FWHM 4 voxels, contrast none; axes k")
     assert study.describe_training_simulation(None) == "-"
+
+
+def test_replicates_and_the_papers_srep_row(icbm_t1, tmp_path):
+    """Two independently trained joint-formulation SRep models (the paper's own SRep) given for the
+    `srep-paper` row: two records per case, told apart by the model's sha256, and the tables show
+    mean ± sd over them under the row's own label."""
+    from IQTEnhanceApps import cli
+    from IQTEnhanceLib import api
+    from IQTEnhanceLib.simulate import SimulationParameters
+
+    image, mask = icbm_t1
+    paths = []
+    for seed in (1, 2):
+        path = tmp_path / f"joint{seed}.iqtm"
+        api.train("srep", [image], masks=[mask], factor=4, seed=seed, output=path,
+                  simulation=SimulationParameters(snr=20.0), formulation="joint", atoms=32, iterations=20,
+                  samples=3000, dl_batch=64)
+        paths.append(path)
+    out = tmp_path / "study"
+    code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "trilinear", "srep-paper",
+                     "--cases", "in_distribution", "--no-figures", "-q"]
+                    + [a for p in paths for a in ("--model", f"srep-paper={p}")])
+    assert code == 0
+    saved = json.loads((out / "results.json").read_text())
+    rows = [r for r in saved["records"] if r["method"] == "srep-paper"]
+    assert len(rows) == 2 and len({r["model_sha256"] for r in rows}) == 2
+    assert sorted(r["replicate"] for r in rows) == [0, 1]
+    entry = next(m for m in saved["methods"] if m["name"] == "srep-paper")
+    assert entry["label"] == "IQT-SRep (paper)" and entry["engine_method"] == "srep" and entry["replicates"] == 2
+    report = (out / "README.md").read_text()
+    _, table = _table_rows(report, "### NRMSE in the brain mask")
+    assert "±" in table["`srep-paper`"][0]
+    mean = float(table["`srep-paper`"][0].strip("*").split("±")[0])
+    assert mean == pytest.approx(np.mean([r["nrmse"] for r in rows]), abs=1e-4)
+    assert "IQT-SRep (paper)" in report and "1 more replicate(s)" in report

@@ -33,7 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "IQTEnhance"))
 
-from IQTEnhanceLib import api, batch  # noqa: E402
+from IQTEnhanceApps import batch  # noqa: E402
+from IQTEnhanceLib import api  # noqa: E402
 from IQTEnhanceLib.methods import get_method  # noqa: E402
 from IQTEnhanceLib.models import load_model  # noqa: E402
 from IQTEnhanceLib.simulate import SimulationParameters, simulate  # noqa: E402

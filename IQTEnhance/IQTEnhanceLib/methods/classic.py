@@ -413,6 +413,25 @@ def grow_trees(estimator, Z: np.ndarray, T: np.ndarray, reporter) -> None:
     reporter(1.0, f"{n_trees} trees grown", force=True)
 
 
+def _grow_forest(X, Y, rows, lam: float, n_feat: int, n_targ, estimator, rep) -> dict:
+    """Ridge (penalty ``lam``), PCA bases and trees fitted on ``rows``: the forest model's arrays."""
+    from sklearn.base import clone
+
+    fit = fit_ridge(X[rows], Y[rows], [lam], intercept=False)
+    W = fit["W"].astype(np.float32)
+    residual = Y[rows] - X[rows] @ W
+    f_mean, f_comp = (_pca(X[rows], n_feat) if n_feat else
+                      (np.zeros(0, np.float32), np.zeros((0, X.shape[1]), np.float32)))
+    t_mean, t_comp = _pca(residual, n_targ)
+    Z = (X[rows] - f_mean) @ f_comp.T if n_feat else X[rows]
+    forest = clone(estimator)  # a fresh forest with the same seed for each fit
+    grow_trees(forest, Z, (residual - t_mean) @ t_comp.T, rep.sub(0.1, 1.0))
+    arrays = {"W": W, "b": np.zeros(W.shape[1], np.float32), "feature_mean": f_mean,
+              "feature_components": f_comp, "target_mean": t_mean, "target_components": t_comp}
+    arrays.update(export_trees(forest.estimators_))
+    return arrays
+
+
 def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) -> ModelFile:
     """A ridge regression, then a forest on what the ridge misses (its residual, PCA-reduced).
 
@@ -448,31 +467,15 @@ def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) 
     ridge = fit_ridge(X[train_idx], Y[train_idx], lambdas, X[val_idx], Y[val_idx], intercept=False)
     refit = bool(options["refit"])
 
-    from sklearn.base import clone
-
-    def grow(rows, rep) -> dict:
-        """Ridge (the chosen penalty), PCA bases and trees fitted on ``rows``."""
-        fit = fit_ridge(X[rows], Y[rows], [ridge["lambda"]], intercept=False)
-        W = fit["W"].astype(np.float32)
-        residual = Y[rows] - X[rows] @ W
-        f_mean, f_comp = (_pca(X[rows], n_feat) if n_feat else
-                          (np.zeros(0, np.float32), np.zeros((0, X.shape[1]), np.float32)))
-        t_mean, t_comp = _pca(residual, n_targ)
-        Z = (X[rows] - f_mean) @ f_comp.T if n_feat else X[rows]
-        forest = clone(estimator)  # a fresh forest with the same seed for each fit
-        grow_trees(forest, Z, (residual - t_mean) @ t_comp.T, rep.sub(0.1, 1.0))
-        arrays = {"W": W, "b": np.zeros(W.shape[1], np.float32), "feature_mean": f_mean,
-                  "feature_components": f_comp, "target_mean": t_mean, "target_components": t_comp}
-        arrays.update(export_trees(forest.estimators_))
-        return arrays
-
-    arrays = grow(train_idx, reporter.sub(0.32, 0.65 if refit else 0.97, "growing the forest"))
+    arrays = _grow_forest(X, Y, train_idx, ridge["lambda"], n_feat, n_targ, estimator,
+                          reporter.sub(0.32, 0.65 if refit else 0.97, "growing the forest"))
     reporter(0.65 if refit else 0.97, "validating", force=True)
     predicted = ForestPredictor(arrays)(X[val_idx])
     val_forest = float(np.sqrt(np.mean((predicted - Y[val_idx]) ** 2)))
     val_ridge = ridge["val_rmse"][lambdas.index(ridge["lambda"])]
     if refit:  # the validation told how good the recipe is; the shipped forest uses every pair
-        arrays = grow(np.arange(len(X)), reporter.sub(0.66, 0.99, "growing the forest on all pairs"))
+        arrays = _grow_forest(X, Y, np.arange(len(X)), ridge["lambda"], n_feat, n_targ, estimator,
+                              reporter.sub(0.66, 0.99, "growing the forest on all pairs"))
     reporter(1.0, "done", force=True)
     hq_patch = (lq_patch[0] * factor,) + lq_patch[1:]
     params = {

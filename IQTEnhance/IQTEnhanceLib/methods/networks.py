@@ -40,8 +40,10 @@ _COMMON_TRAIN = (
     MethodOption("checkpoint_every", int, 200, "steps between checkpoints", minimum=1),
     MethodOption("resume", bool, False, "continue from the checkpoint in checkpoint_dir"),
     MethodOption("device", str, "auto", "training device", ("auto", "cpu", "cuda")),
-    MethodOption("threads", int, 0, "torch CPU threads (0: torch's default; on a busy machine 1 is far faster: "
-                 "measured 11.4 vs 1.1 patches/s with 1 vs 2 threads on 2 shared cores)", minimum=0),
+    # on 2 shared cores one thread was 10x faster than two (11.4 vs 1.1 patches/s): torch's threads
+    # spin-wait for each other when another job holds a core
+    MethodOption("threads", int, 0, "torch CPU threads (0: torch's default; on a busy machine 1 is often faster)",
+                 minimum=0),
     MethodOption("pool_size", int, 4, "simulated LQ volumes kept in memory (one re-drawn every refresh_every steps)", minimum=1),
     MethodOption("refresh_every", int, 25, "steps between re-simulations of one pooled volume", minimum=1),
     MethodOption("intensity_jitter", float, 0.1, "augmentation: common LQ/HQ intensity scaling ± this fraction", minimum=0.0, maximum=1.0, max_exclusive=True),
@@ -129,7 +131,7 @@ def _make_train(method: str):
             check = heldout_check(model, hq, heldout_region(hq, brain, [(0, 0, 0)], max(hq.shape)),
                                   f"held-out volume {len(pairs.hq)}", seed=pairs.seed)
         elif record["validation_cubes"] and record["validation_cubes"][0]:
-            from ..nets.training import SimulationPool
+            from ..nets.training_data import SimulationPool
 
             size = SimulationPool.cube_size_for(record["settings"], factor)
             cubes = [tuple(c) for c in record["validation_cubes"][0]]

@@ -2,7 +2,10 @@
 
 * :mod:`.architectures`: anisotropic 3-D U-Net (IQT-DL), 3-D UNet++ + learned HQ dictionary (IQT-DDL);
 * :mod:`.inference`: memory-bounded sliding-window inference with Gaussian blending;
-* :mod:`.training`: on-the-fly stochastic simulation, augmentation, validation, checkpoints;
-* :mod:`.serialization`: network <-> :class:`~..models.ModelFile`;
-* :mod:`.shipping`: the recipe that trains and evaluates the shipped models.
+* :mod:`.training_data`: on-the-fly stochastic simulation, augmentation, held-out validation cubes;
+* :mod:`.training`: the :class:`~.training.Trainer` (steps, validation, checkpoints, convergence);
+* :mod:`.heldout`: after training, the check against linear interpolation on held-out data;
+* :mod:`.serialization`: network <-> :class:`~..models.ModelFile`.
+
+The recipes of the shipped models live outside the engine, in ``Tools/``.
 """

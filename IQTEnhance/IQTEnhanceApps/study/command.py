@@ -1,0 +1,89 @@
+"""``iqt-enhance benchmark quality``: its sub-parser and command.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from IQTEnhanceApps.common.runtime import cancel_requested, progress_for
+from IQTEnhanceApps.study.cases import default_cases, fixture_cases
+from IQTEnhanceApps.study.runner import StudyConfig, rerender, run_study
+from IQTEnhanceLib.errors import InputError
+
+
+# ---------------------------------------------------------------------------------------------
+# command line: iqt-enhance benchmark quality
+# ---------------------------------------------------------------------------------------------
+def register(subparsers, request=None) -> None:
+    """Add ``benchmark quality`` to the CLI's sub-commands (called by :mod:`.cli`)."""
+    existing = getattr(subparsers, "choices", {}).get("benchmark")
+    if existing is not None:  # another module made `benchmark` already: add `quality` to it
+        inner = next((a for a in existing._actions if a.__class__.__name__ == "_SubParsersAction"), None)
+        if inner is None:
+            inner = existing.add_subparsers(dest="benchmark_kind", metavar="KIND")
+    else:
+        parser = subparsers.add_parser("benchmark", help="benchmarks (quality: the in/out-of-distribution study)",
+                                       description="Benchmarks of the methods.")
+        inner = parser.add_subparsers(dest="benchmark_kind", metavar="KIND")
+        parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    q = inner.add_parser(
+        "quality", help="every method in and out of the training distribution, with a report",
+        description="Evaluate every available method (shipped default models) on in-distribution and "
+                    "out-of-distribution cases; write README.md, PNG figures and results.json to --out.")
+    q.add_argument("--full", action="store_true", help="three noise seeds and a thicker-slice case (slower)")
+    q.add_argument("--out", type=Path, default=Path("benchmark-results"), help="results folder (default: %(default)s)")
+    q.add_argument("--methods", nargs="+", metavar="METHOD", help="methods to evaluate (default: all available)")
+    q.add_argument("--cases", nargs="+", metavar="CASE",
+                   help="cases to run (default: all): " + ", ".join(c.name for c in default_cases(True)))
+    q.add_argument("--model", action="append", default=[], metavar="METHOD=PATH",
+                   help="use this model file instead of the method's shipped default; repeat a METHOD with "
+                        "other files for independently trained replicates (tables: mean ± sd over replicates "
+                        "and seeds)")
+    q.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="noise/lesion seeds (default: 0; --full: 0 1 2)")
+    q.add_argument("--fixtures", action="store_true",
+                   help="run on the small committed crops in Testing/Data (a smoke run in seconds)")
+    q.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: %(default)s)")
+    q.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    q.add_argument("--report-only", action="store_true",
+                   help="rewrite README.md (and redraw the figures) from the results already in --out; runs nothing")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    q.set_defaults(func=cli_quality)
+
+
+def cli_quality(args) -> int:
+    import sys
+
+    if args.report_only:
+        rerender(args.out)
+        print(f"report: {Path(args.out) / 'README.md'} (re-rendered)")
+        return 0
+    models = {}
+    for item in args.model or []:
+        if "=" not in item:
+            raise InputError(f"--model takes METHOD=PATH (got {item!r})")
+        method, path = item.split("=", 1)
+        models.setdefault(method.strip(), []).append(Path(path))
+    cases = fixture_cases() if args.fixtures else default_cases(args.full)
+    if args.cases:
+        known = {c.name: c for c in (fixture_cases() if args.fixtures else default_cases(True))}
+        bad = [c for c in args.cases if c not in known]
+        if bad:
+            raise InputError(f"unknown case(s) {', '.join(bad)}; choose from {', '.join(known)}")
+        cases = [known[c] for c in args.cases]
+    seeds = tuple(args.seeds) if args.seeds else ((0, 1, 2) if args.full else (0,))
+    command = "iqt-enhance benchmark quality" + (" --full" if args.full else "") + (" --fixtures" if args.fixtures else "")
+    config = StudyConfig(out_dir=args.out, cases=cases, methods=args.methods, models=models, seeds=seeds,
+                         device=args.device, fixtures=args.fixtures, figures=not args.no_figures, command=command)
+
+    def log(message):
+        if not args.quiet:
+            print(message, flush=True)
+
+    progress = progress_for(args, "benchmark")
+    try:
+        results = run_study(config, progress=progress, cancel=cancel_requested, log=log)
+    finally:
+        progress.close()
+    print(f"report: {Path(args.out) / 'README.md'} ({results['seconds'] / 60:.1f} min)", file=sys.stdout)
+    if results["missing"]:
+        print("not evaluated: " + ", ".join(f"{k} ({v})" for k, v in results["missing"].items()), file=sys.stderr)
+    return 0

@@ -1,0 +1,383 @@
+"""Running the study: every method on every case through the engine, with timings, figure slices
+kept for re-rendering.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from IQTEnhanceApps.study.cases import (
+    TRAINING_DATASET,
+    CaseData,
+    dataset_loader,
+    default_cases,
+    in_training_ranges,
+    prepare_case,
+)
+from IQTEnhanceApps.study.figures import write_figures
+from IQTEnhanceApps.study.measures import (
+    PAPER_SREP,
+    STUDY_ORDER,
+    lesion_measures,
+    regression_to_mean,
+    training_mean,
+    trust_error_correlation,
+)
+from IQTEnhanceApps.study.report import render_report
+from IQTEnhanceLib.errors import CancelledError, InputError, ModelError
+from IQTEnhanceLib.files import atomic_path, write_json_atomic, write_text_atomic
+from IQTEnhanceLib.metrics import evaluate_arrays
+from IQTEnhanceLib.normalize import intensity_scale
+from IQTEnhanceLib.progress import as_reporter
+from IQTEnhanceLib.simulate import ParameterRanges
+
+
+# ---------------------------------------------------------------------------------------------
+# methods
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class MethodRun:
+    name: str                       # the row of the tables (a method, or a variant such as srep-paper)
+    label: str
+    model: object = None            # ModelFile or None
+    options: dict = dataclasses.field(default_factory=dict)
+    trust_option: Optional[str] = None
+    method: str = ""                # the engine's method (default: name)
+    replicate: int = 0              # independently trained models of one row: 0, 1, 2, ...
+
+    def __post_init__(self):
+        self.method = self.method or self.name
+
+    @property
+    def key(self) -> str:
+        """One run among the replicates of its row (pairs a lesion case's output with its twin's)."""
+        return f"{self.name}#{self.replicate}"
+
+    def describe_model(self) -> str:
+        if self.model is None:
+            return "-"
+        sha = (self.model.checksum or "")[:12]
+        return f"{self.model.name} (sha256 {sha}…)"
+
+
+# rows that are a variant of a method: row name -> (method, label, the shipped model's name, what it checks)
+VARIANTS = {
+    PAPER_SREP: ("srep", "IQT-SRep (paper)", "srep_joint_t1_x4",
+                 "the paper's own formulation: joint coupled [LQ; HQ] dictionaries, no ridge part"),
+}
+
+
+def _models_for(name: str, method: str, models: dict) -> list:
+    """The row's models: those given in ``models`` (one or several replicates), else the shipped one
+    (a variant's by its name)."""
+    from IQTEnhanceLib.models import load_model
+
+    given = models.get(name)
+    sources = [None] if given is None else (list(given) if isinstance(given, (list, tuple)) else [given])
+    out = []
+    for source in sources:
+        model = _shipped_model(name, method) if source is None else (
+            source if not isinstance(source, (str, Path)) else load_model(source))
+        model.check_fits(method=method)
+        out.append(model)
+    return out
+
+
+def _shipped_model(name: str, method: str):
+    from IQTEnhanceLib.models import default_model_path, load_model, shipped_models, shipped_models_dir
+
+    source = None
+    if name in VARIANTS:
+        shipped = {e["name"]: shipped_models_dir() / e["file"] for e in shipped_models(method)}
+        source = shipped.get(VARIANTS[name][2])
+        if source is None:
+            raise ModelError(f"no {VARIANTS[name][2]} model: give one with --model {name}=FILE "
+                             f"(`python Tools/train_srep.py --formulation joint`)")
+    return load_model(source if source is not None else default_model_path(method))
+
+
+def resolve_methods(requested: Optional[list] = None, models: Optional[dict] = None) -> tuple:
+    """([MethodRun], {row: why it is missing}).
+
+    Default: every available method and variant (:data:`VARIANTS`); a learned method without a
+    model (shipped or given in ``models``) is listed as missing instead of failing the study.
+    """
+    from IQTEnhanceLib.methods import METHOD_MODULES, available_methods, get_method
+
+    models = dict(models or {})
+    known = list(METHOD_MODULES) + list(VARIANTS)
+    unknown = [m for m in (requested or []) if m not in known]
+    if unknown:
+        raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    names = list(requested) if requested else sorted(
+        known, key=lambda m: STUDY_ORDER.index(m) if m in STUDY_ORDER else len(STUDY_ORDER))
+    present = set(available_methods())
+    runs, missing = [], {}
+    for name in names:
+        method = VARIANTS[name][0] if name in VARIANTS else name
+        if method not in present:
+            missing[name] = "its module is not in this version"
+            continue
+        spec = get_method(method)
+        replicates = [None]
+        if spec.needs_model:
+            try:
+                replicates = _models_for(name, method, models)
+            except ModelError as exc:
+                missing[name] = str(exc)
+                continue
+        trust = spec.extra_switches().get("trust")
+        options = {trust: True} if trust else {}
+        label = VARIANTS[name][1] if name in VARIANTS else spec.label
+        runs += [MethodRun(name, label, model, dict(options), trust, method, n) for n, model in enumerate(replicates)]
+    return runs, missing
+
+
+# ---------------------------------------------------------------------------------------------
+# the study
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StudyConfig:
+    out_dir: Path
+    cases: list
+    methods: Optional[list] = None       # names; None = every available method
+    models: Optional[dict] = None        # method -> path or ModelFile (default: shipped)
+    seeds: tuple = (0,)
+    factor: int = 4
+    axis: str = "k"
+    device: str = "cpu"
+    fixtures: bool = False
+    crop_margin: Optional[int] = 6
+    figures: bool = True
+    command: str = "iqt-enhance benchmark quality"
+
+
+def _figure_slice(data: CaseData) -> int:
+    """The coronal (j) index shown for every method: through the largest lesion's centre, else
+    through the brain's centre of mass.  Coronal, so the thick axis k runs vertically."""
+    if data.lesions:
+        biggest = max(data.lesions, key=lambda p: (p["radius_mm"], -p["id"]))
+        return int(biggest["centre_kji"][1])
+    idx = np.argwhere(data.mask)
+    return int(np.round(idx[:, 1].mean()))
+
+
+class StudyRun:
+    """The state of one study run: methods, the cases' data, records, failures, lesion rows, the
+    slices kept for figures; :meth:`run_seed` runs every case and method for one noise seed."""
+
+    def __init__(self, config: StudyConfig, reporter, log):
+        self.config, self.reporter, self.log = config, reporter, log
+        self.runs, self.missing = resolve_methods(config.methods, config.models)
+        if not self.runs:
+            raise InputError("no method to evaluate")
+        names = {c.name for c in config.cases}
+        if len(names) != len(config.cases):
+            raise InputError("case names must be unique")
+        self.loader = dataset_loader(config.fixtures)
+        self.mu_train = training_mean(self.loader, factor=config.factor, axis=config.axis,
+                                      crop_margin=config.crop_margin)
+        log(f"training mean intensity (normalised units): {self.mu_train:.4f}")
+        self.records = []           # one per case × seed × method
+        self.failures = []          # method runs that raised
+        self.lesion_tables = []     # per-lesion rows
+        self.figure_data = {}       # case -> slices for the figures (first seed)
+        self.case_info = {}
+        self.needed_twins = {c.paired_with for c in config.cases if c.paired_with}
+        self.by_name = {c.name: c for c in config.cases}
+        self.total = (len(config.cases) + len(self.needed_twins - names)) * len(config.seeds) * len(self.runs)
+        self.done = 0
+
+    def case_order(self) -> list:
+        """Twins first so the pathology case finds them; a twin not itself in the study is run unreported."""
+        order = sorted(self.config.cases, key=lambda c: c.paired_with is not None)
+        for twin in self.needed_twins - set(self.by_name):
+            order.insert(0, dataclasses.replace(next(c for c in default_cases(True) if c.name == twin), name=twin))
+        return order
+
+    def run_seed(self, seed: int) -> None:
+        twin_outputs = {}   # case name -> {"truth": array, method: array}
+        for case in self.case_order():
+            self.run_case(case, seed, twin_outputs)
+
+    def run_case(self, case, seed: int, twin_outputs: dict) -> None:
+        config = self.config
+        reported = case.name in self.by_name
+        data = prepare_case(case, self.loader, factor=config.factor, axis=config.axis, seed=seed,
+                            crop_margin=config.crop_margin)
+        truth = data.hq.array
+        if reported:
+            self.case_info.setdefault(case.name, {
+                "title": case.title, "group": case.group, "dataset": case.dataset,
+                "description": case.describe(config.factor), "note": case.note,
+                "in_training_ranges": in_training_ranges(case, config.factor),
+                "shape": list(truth.shape), "brain_voxels": int(data.mask.sum()),
+                "noise_sigma": data.record["noise_sigma"], "lesions": data.lesions,
+            })
+        if case.name in self.needed_twins:
+            twin_outputs[case.name] = {"truth": truth}
+        fig_j = _figure_slice(data)
+        if reported and seed == config.seeds[0]:
+            self.figure_data[case.name] = {"j": fig_j, "truth": truth[:, fig_j, :].copy(),
+                                           "mask": data.mask[:, fig_j, :].copy(), "lq": None, "outputs": {},
+                                           "trust": {}}
+        for run in self.runs:
+            result = self.enhance(run, case, data, seed)
+            self.done += 1
+            if result is None:
+                continue
+            if case.name in self.needed_twins:
+                twin_outputs[case.name][run.key] = result[0].volume.array
+            if reported:
+                twin = twin_outputs.get(case.paired_with) if case.paired_with else None
+                self.record(run, case, data, seed, result, twin, fig_j)
+
+    def enhance(self, run, case, data, seed: int):
+        """(result, seconds), or None when the method failed (recorded: one broken method must not
+        sink a 30-minute study)."""
+        from IQTEnhanceLib import api
+
+        config, at = self.config, self.done / max(self.total, 1)
+        self.reporter(at, f"{case.name} (seed {seed}): {run.name}")
+        t0 = time.perf_counter()
+        try:
+            result = api.enhance(data.lq, run.method, model=run.model, axis=config.axis,
+                                 factor=config.factor if run.model is None else None, device=config.device,
+                                 progress=self.reporter.sub(at, (self.done + 1) / max(self.total, 1),
+                                                            f"{case.name}: {run.name}"), **run.options)
+            if result.volume.array.shape != data.hq.array.shape:
+                raise RuntimeError(f"returned {result.volume.array.shape} for a {data.hq.array.shape} reference")
+        except CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.failures.append({"case": case.name, "seed": seed, "method": run.name,
+                                  "error": f"{type(exc).__name__}: {exc}"})
+            self.log(f"  {case.name:22s} seed {seed} {run.name:10s} FAILED: {type(exc).__name__}: {exc}")
+            return None
+        return result, time.perf_counter() - t0
+
+    def record(self, run, case, data, seed: int, result, twin, fig_j: int) -> None:
+        """Score one output and keep its record, lesion rows and figure slice."""
+        result, seconds = result
+        output, truth = result.volume.array, data.hq.array
+        rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
+               "model_sha256": run.model.checksum if run.model is not None else None}
+        rec.update({k: v for k, v in evaluate_arrays(output, truth, data.mask).items() if k != "voxels"})
+        rec.update(regression_to_mean(output, truth, data.mask, intensity_scale(data.lq.array), self.mu_train))
+        trust = next((v for k, v in result.extras.items() if "trust" in k), None)
+        if trust is not None:
+            rec["trust_error_corr"] = trust_error_correlation(trust.array, output, truth, data.mask)
+        if data.lesion_index is not None:
+            lm = lesion_measures(output, truth, data.lesion_index, data.lesions,
+                                 twin.get(run.key) if twin else None, twin["truth"] if twin else None)
+            for row in lm.pop("per_lesion"):
+                self.lesion_tables.append({"case": case.name, "seed": seed, "method": run.name, **row})
+            rec.update(lm)
+        self.records.append(rec)
+        if case.name in self.figure_data and seed == self.config.seeds[0]:
+            fd = self.figure_data[case.name]
+            fd["outputs"][run.name] = output[:, fig_j, :].copy()
+            if trust is not None:
+                fd["trust"][run.name] = trust.array[:, fig_j, :].copy()
+        self.log(f"  {case.name:22s} seed {seed} {run.name:10s} NRMSE {rec['nrmse']:.4f} SSIM {rec['ssim']:.4f} "
+                 f"pull {rec['rtm_pull']:+.1f}% ({seconds:.1f} s)")
+
+    def results(self, seconds: float) -> dict:
+        config = self.config
+        return {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": config.command, "fixtures": config.fixtures, "seeds": list(config.seeds),
+            "factor": config.factor, "axis": config.axis, "device": config.device,
+            "training_dataset": TRAINING_DATASET, "training_ranges": dataclasses.asdict(ParameterRanges()),
+            "mu_train": self.mu_train,
+            "methods": [{"name": r.name, "label": r.label, "engine_method": r.method, "model": r.describe_model(),
+                         "model_sha256": r.model.checksum if r.model is not None else None,
+                         "replicates": sum(1 for o in self.runs if o.name == r.name),
+                         "training_data": (r.model.training.get("data") if r.model is not None else None),
+                         "training_simulation": (r.model.training.get("simulation") if r.model is not None else None)}
+                        for r in self.runs if r.replicate == 0],
+            "missing": self.missing,
+            "cases": [dict(name=c.name, **self.case_info[c.name]) for c in config.cases],
+            "records": self.records, "lesions": self.lesion_tables, "failures": self.failures,
+            "seconds": seconds,
+            "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}",
+        }
+
+
+def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> dict:
+    """Run every method on every case and seed, write the report and figures to ``config.out_dir``,
+    return the results (also written as ``results.json``)."""
+    reporter = as_reporter(progress, cancel, stage="benchmark")
+    started = time.perf_counter()
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = StudyRun(config, reporter, log)
+    for seed in config.seeds:
+        study.run_seed(seed)
+    results = study.results(time.perf_counter() - started)
+    if config.figures:
+        save_figure_slices(study.figure_data, out_dir / FIGURE_SLICES)
+        results["figures"] = write_figures(results, study.figure_data, out_dir)
+    write_json_atomic(out_dir / "results.json", results, indent=1)
+    write_text_atomic(out_dir / "README.md", render_report(results))
+    reporter(1.0, "benchmark done", force=True)
+    return results
+
+
+FIGURE_SLICES = "figure_slices.npz"  # the slices the figures show, to redraw them without a rerun
+
+
+def save_figure_slices(figure_data: dict, path: Path) -> None:
+    arrays = {}
+    for case, fd in figure_data.items():
+        arrays[f"{case}|j"] = np.asarray(fd["j"])
+        arrays[f"{case}|truth"] = fd["truth"]
+        arrays[f"{case}|mask"] = fd["mask"]
+        for kind in ("outputs", "trust"):
+            for method, a in fd[kind].items():
+                arrays[f"{case}|{kind}|{method}"] = a
+    with atomic_path(path, ".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_figure_slices(path: Path) -> dict:
+    figure_data = {}
+    with np.load(path) as z:
+        for key in z.files:
+            parts = key.split("|")
+            fd = figure_data.setdefault(parts[0], {"outputs": {}, "trust": {}})
+            if len(parts) == 2:
+                fd[parts[1]] = int(z[key]) if parts[1] == "j" else z[key]
+            else:
+                fd[parts[1]][parts[2]] = z[key]
+    return figure_data
+
+
+def rerender(out_dir) -> dict:
+    """Redraw the figures (when the slices were saved) and rewrite README.md from ``results.json``
+    in ``out_dir``: a change to the report's text or figures needs no new run."""
+    out_dir = Path(out_dir)
+    source = out_dir / "results.json"
+    if not source.exists():
+        raise InputError(f"{source}: no results to render; run the benchmark first")
+    results = json.loads(source.read_text())
+    if (out_dir / FIGURE_SLICES).exists():
+        results["figures"] = write_figures(results, load_figure_slices(out_dir / FIGURE_SLICES), out_dir)
+        write_json_atomic(source, results, indent=1)
+    write_text_atomic(out_dir / "README.md", render_report(results))
+    return results
+
+
+def _cpu_count() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

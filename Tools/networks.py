@@ -1,0 +1,65 @@
+"""The shared recipe of the shipped networks (IQT-DL and IQT-DDL): training options, card text.
+
+The shipped networks learn the default task: thick slices and noise (SNR 10-40, slice thickness
+0.8-1.2 × factor, drawn per patch / volume) without the low-field tissue-contrast change.  Measured
+(IQT-DL, ~200 steps each, validation at contrast 1 and SNR 20): 0.72× the interpolation's loss when
+trained without contrast change, while training with contrast drawn in 0.85-1.15 per tissue class
+was still at 0.76× after 800 steps: an unseen contrast per patch makes the target ambiguous and
+slows learning four-fold on 2 CPU cores.  ``--contrast-range 0.85 1.15`` trains the contrast-aware
+variant (on a GPU, with time to spare).
+"""
+from __future__ import annotations
+
+import shipping
+from IQTEnhanceLib.simulate import ParameterRanges
+
+
+def parser(description: str, minutes: float):
+    p = shipping.parser(description)
+    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget (upper limit)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 per training on 2 shared cores)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--contrast-range", type=float, nargs=2, default=[1.0, 1.0],
+                   help="tissue-contrast factors drawn per patch (default 1 1: none)")
+    p.add_argument("--checkpoint-dir", default="")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--no-converge", action="store_true", help="run the whole budget (default: stop once the "
+                   "validation loss improves < 1%% over the last 20%% of the steps)")
+    return p
+
+
+def train(args, method: str, name: str, **extra):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    # 21 held-out cubes of the head × 3 axes × 8 contrast/noise draws = 504 validation patches
+    options = dict(minutes=args.minutes, threads=args.threads, lr=args.lr, checkpoint_dir=args.checkpoint_dir,
+                   resume=args.resume, device=args.device, validation_every=500, checkpoint_every=250,
+                   validation_fraction=0.15, validation_draws=8, until_converged=not args.no_converge, **extra)
+    return shipping.train(method, name, args.seed, simulation=ParameterRanges(contrast=tuple(args.contrast_range)),
+                          **options)
+
+
+def training_lines(model) -> list:
+    t, s = model.training, model.training.get("settings", {})
+    sim = t.get("simulation", {})
+    return [
+        f"- Data: {t.get('data')}; LQ simulated on the fly along i, j and k ({sim.get('mode', '?')}: SNR "
+        f"{sim.get('snr')}, slice thickness × {sim.get('thickness_scale')}, tissue contrast × {sim.get('contrast')}), "
+        "fresh Rician noise for every patch, flips, transposition, intensity scaling ±"
+        f"{s.get('intensity_jitter')}; patches anywhere in the {s.get('patch_region', 'brain')}.",
+        f"- Patches {s.get('patch_thick')}×{s.get('patch_inplane')}×{s.get('patch_inplane')} LQ voxels, batch "
+        f"{s.get('batch')}, {s.get('loss', 'mse').upper()} loss, Adam lr {s.get('lr')} with cosine decay"
+        + (f", dictionary lr {s.get('dictionary_lr')}" if s.get("dictionary_lr") else "") + ".",
+        f"- {t.get('steps')} steps ({t.get('patches_seen')} patches seen) in {t.get('wall_seconds')} s on "
+        f"{t.get('device')} with {t.get('threads')} torch thread(s), torch {t.get('torch_version')}, seed "
+        f"{t.get('seed')}; stopped {'at convergence' if t.get('stopped_at_convergence') else 'at the budget'}; "
+        "the machine's 2 cores were shared with other jobs, so the wall time is an upper bound.",
+        f"- Validation: {t.get('validation_patches')} patches in held-out cubes of the head; the weights of the "
+        f"lowest validation loss (step {t.get('selected_step')}) are shipped.",
+    ]
+
+
+LIMITS = ["- Trained without the simulator's low-field tissue-contrast change (see Tools/networks.py for the "
+          "measurement behind this choice): low-field contrast is out of distribution."]

@@ -1,0 +1,29 @@
+"""Recipe of the shipped IQT-DL model ``dl_t1_x4``: train on the ICBM 2009c T1 template, evaluate on
+Colin27, write the model file and its card, register it.
+
+    python Tools/train_dl.py                    # the shipped recipe (CPU, 1 thread, to convergence)
+    python Tools/train_dl.py --evaluate-only    # re-score the shipped file and rewrite its card
+"""
+import sys
+
+import networks
+import shipping
+
+NAME = "dl_t1_x4"
+
+
+def card(model, path):
+    p = model.params
+    lines = [f"- Anisotropic 3-D U-Net (`{p.get('architecture')}`): {p.get('levels')} levels on the LQ grid, "
+             f"{p.get('base_filters')} base filters doubling per level, pooling 1×2×2 only; the head predicts one "
+             f"channel per HQ sub-slice, the residual over linear interpolation; {p.get('parameters')} parameters."]
+    return shipping.model_card(model, path, "IQT-DL (U-Net)", lines, networks.training_lines(model), networks.LIMITS)
+
+
+def main(argv=None) -> int:
+    args = networks.parser(__doc__.splitlines()[0], minutes=105.0).parse_args(argv)
+    return shipping.run(args, NAME, lambda a: networks.train(a, "dl", NAME), card)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
