@@ -27,6 +27,7 @@ class EnhanceResult:
     volume: Volume                       # the enhanced volume on the HQ grid
     extras: dict                         # extra HQ-grid maps, e.g. {"trust": Volume}
     info: dict                           # method, model, device, factor, axis, seconds, warnings
+    model: Optional[ModelFile] = None    # the model used (learned from the scan with model="self")
 
 
 def validate_input(lq: Volume, source: str = "input") -> None:
@@ -180,6 +181,7 @@ class EnhancePlan:
     warnings: list
     geometry: dict                   # the output's HQ grid (grid.hq_geometry)
     input_shape: tuple
+    learn_from_scan: bool = False    # model="self": learn the model from this scan first (selfsup)
 
 
 def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None, device: str = "auto",
@@ -189,7 +191,14 @@ def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis
     torch (the Slicer panel: the worker process probes the GPU); ``source`` names the input in errors."""
     spec = get_method(method)
     validate_input(lq, source)
-    model = resolve_model(method, model)
+    learn_from_scan = isinstance(model, str) and model == "self"
+    if learn_from_scan:
+        from .selfsup import check_method
+
+        check_method(method)
+        model = None
+    else:
+        model = resolve_model(method, model)
     factor, axis = resolve_factor_axis(lq, model, factor, axis)
     if not spec.needs_torch:
         device_name = "cpu"
@@ -210,7 +219,7 @@ def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis
     if not spec.needs_torch and str(device or "auto").lower() not in ("auto", "cpu"):
         notes.append(f"{method} always runs on the CPU (it does not use PyTorch); device {device} was ignored")
     return EnhancePlan(method, spec.label, model, factor, axis, device_name, opts, memory, notes,
-                       hq_geometry(lq, factor, axis), tuple(lq.array.shape))
+                       hq_geometry(lq, factor, axis), tuple(lq.array.shape), learn_from_scan)
 
 
 def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None) -> EnhanceResult:
@@ -228,8 +237,19 @@ def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None) -> Enhan
     scale = intensity_scale(array)
     canonical = np.ascontiguousarray(to_canonical(array, ax)) / np.float32(scale)
     reporter(0.0, f"{spec.label}: starting", force=True)
-    hq_c, extras_c = spec.enhance(canonical, plan_.factor, plan_.model, device_name,
-                                  reporter.sub(0.0, 1.0, spec.label), **plan_.options)
+    model = plan_.model
+    from . import selfsup
+
+    if plan_.learn_from_scan:
+        model = selfsup.learn(canonical, plan_.method, plan_.factor, reporter.sub(0.0, 0.5, "learning from the scan"))
+        hq_c, extras_c = selfsup.enhance_both_planes(spec, canonical, plan_.factor, model, device_name,
+                                                     reporter.sub(0.5, 1.0, spec.label), plan_.options)
+    elif selfsup.is_line_model(model):     # a saved scan-specific model: both planes again
+        hq_c, extras_c = selfsup.enhance_both_planes(spec, canonical, plan_.factor, model, device_name,
+                                                     reporter.sub(0.0, 1.0, spec.label), plan_.options)
+    else:
+        hq_c, extras_c = spec.enhance(canonical, plan_.factor, model, device_name,
+                                      reporter.sub(0.0, 1.0, spec.label), **plan_.options)
     geometry = plan_.geometry
     hq = from_canonical(np.asarray(hq_c, dtype=np.float32) * np.float32(scale), ax)
     if hq.shape != tuple(geometry["shape"]):
@@ -237,15 +257,14 @@ def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None) -> Enhan
     make = lambda a: Volume(a, geometry["spacing"], geometry["origin"], geometry["direction"])  # noqa: E731
     extras = {k: make(from_canonical(np.asarray(v, dtype=np.float32), ax)) for k, v in extras_c.items()}
     reporter(1.0, "done", force=True)
-    model = plan_.model
     info = {
         "method": plan_.method, "label": spec.label, "factor": plan_.factor, "axis": plan_.axis,
         "device": device_name, "model": model.name if model else None,
         "model_sha256": model.checksum if model else None, "options": plan_.options, "intensity_scale": scale,
         "seconds": time.perf_counter() - started, "warnings": list(plan_.warnings),
-        "memory_estimate_bytes": plan_.memory_bytes,
+        "memory_estimate_bytes": plan_.memory_bytes, "learned_from_scan": plan_.learn_from_scan,
     }
-    return EnhanceResult(make(hq), extras, info)
+    return EnhanceResult(make(hq), extras, info, model)
 
 
 def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None,
@@ -253,7 +272,9 @@ def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, a
     """Enhance ``lq`` onto its HQ grid (``factor`` × finer along the thick ``axis``): :func:`plan`
     then :func:`execute`.
 
-    ``model``: a path or :class:`ModelFile` (default: the shipped model of the method).
+    ``model``: a path or :class:`ModelFile` (default: the shipped model of the method), or ``"self"``
+    (``linear``, ``srep``): learn the model from this scan's own fine axes first (:mod:`.selfsup`;
+    the learned model is ``result.model``).
     ``axis``: ``i``/``j``/``k``, default the axis with the largest spacing.  ``factor`` defaults to
     the model's, else to the input's thick/in-plane spacing ratio (:func:`spacing_factor`), else 4.
     ``progress(fraction, message)`` and ``cancel()`` are called between batches; cancelling raises
@@ -266,8 +287,8 @@ def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, a
 def train(method: str, hq_volumes: list, *, factor: int = 4, masks: Optional[list] = None,
           output: Optional[Path] = None, name: Optional[str] = None, seed: int = 0,
           simulation=None, progress=None, cancel=None, data_names: Optional[list] = None,
-          **options):
-    """Train ``method`` on HQ volumes (LQ simulated on the fly, see :mod:`.training`).
+          axes=("i", "j", "k"), **options):
+    """Train ``method`` on HQ volumes (LQ simulated on the fly along ``axes``, see :mod:`.training`).
 
     Returns the :class:`ModelFile` (saved to ``output`` when given).
     """
@@ -280,7 +301,7 @@ def train(method: str, hq_volumes: list, *, factor: int = 4, masks: Optional[lis
     opts = spec.validate_options(options, train=True)
     reporter = as_reporter(progress, cancel, stage=f"training {method}")
     factor = check_factor(factor)
-    pairs = make_training_pairs(hq_volumes, masks, factor=factor, seed=seed, simulation=simulation,
+    pairs = make_training_pairs(hq_volumes, masks, factor=factor, seed=seed, simulation=simulation, axes=axes,
                                 reporter=reporter.sub(0.0, 0.1, "simulating training pairs"))
     provenance = {
         "data": ", ".join(data_names) if data_names else f"{len(hq_volumes)} volume(s)",

@@ -22,6 +22,14 @@ from .interpolation import upsample_array
 from .patches import extract_patches, hq_patch_shape, hq_positions, reconstruct_patchwise, sample_positions
 
 
+def lq_patch_of(options: dict, method: str = "") -> tuple:
+    """The LQ patch (thick, a, b) of a patch method's training options: square in-plane, or a line
+    along b (``patch_shape="line"``: one voxel across a, for planes that hold one fine in-plane axis)."""
+    thick = options["patch_thick"]
+    inplane = options["patch_inplane"]
+    return (thick, 1, inplane) if options.get("patch_shape") == "line" else (thick, inplane, inplane)
+
+
 def upsampled(lq_c: np.ndarray, factor: int) -> np.ndarray:
     return upsample_array(lq_c, factor, 0, "trilinear")
 

@@ -25,6 +25,7 @@ from IQTEnhanceLib.models import shipped_models, shipped_models_dir
 
 INTERPOLATION_METHODS = ("nearest", "trilinear", "bspline")
 LOAD_MODEL_ITEM = "Load model file…"
+LEARN_ITEM = "Learn from this scan"
 
 
 # -- methods ----------------------------------------------------------------------------------
@@ -172,8 +173,8 @@ class ModelEntry:
 
 
 def model_entries(method: str, extra_paths=()) -> list:
-    """Shipped models of ``method`` (default first), the user's loaded files, then "Load model file…".
-    Empty for methods without a model."""
+    """Shipped models of ``method`` (default first), "Learn from this scan" where the method can, the
+    user's loaded files, then "Load model file…".  Empty for methods without a model."""
     try:
         spec = get_method(method)
     except IQTError:
@@ -187,7 +188,15 @@ def model_entries(method: str, extra_paths=()) -> list:
             tip += f"\n{m['model_card']}"
         entries.append(ModelEntry(f"{m['name']} (×{m['factor']})", str(shipped_models_dir() / m["file"]), tip,
                                   bool(m.get("default"))))
+    from IQTEnhanceLib.selfsup import SELF, SELF_METHODS
+
+    if method in SELF_METHODS:
+        entries.append(ModelEntry(LEARN_ITEM, SELF, "learn the model from this scan's own fine in-plane axes, then "
+                                  "enhance it: for contrasts and slice thicknesses no shipped model knows "
+                                  "(the factor follows the scan's spacing)"))
     for path in extra_paths:
+        if path == SELF:
+            continue
         if path and all(e.path != str(path) for e in entries):
             entries.append(ModelEntry(str(path).replace("\\", "/").rsplit("/", 1)[-1], str(path), str(path)))
     entries.append(ModelEntry(LOAD_MODEL_ITEM, "", "choose an .iqtm model file trained with iqt-enhance train"))

@@ -56,7 +56,8 @@ class EnhanceRequest:
                            device=self.device, options=self.engine_options(spec), probe_device="torch" in sys.modules,
                            source=source)
         # the model is loaded once, here; the thread backend uses the loaded file, the worker its path
-        self.model = planned.model
+        # ("self": learned from the scan in the worker)
+        self.model = "self" if planned.learn_from_scan else planned.model
         self.options = {k: v for k, v in planned.options.items() if k in self.options}
 
     def engine_options(self, spec=None) -> dict:

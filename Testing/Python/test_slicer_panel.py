@@ -78,16 +78,21 @@ def test_widget_ranges_hold_only_values_the_engine_accepts(method):
 
 
 def test_model_entries_list_shipped_models_then_loaded_then_load_item(tmp_path):
+    from IQTEnhanceLib.selfsup import SELF_METHODS
+
     for method in available_methods():
-        entries = panel.model_entries(method, extra_paths=[str(tmp_path / "mine.iqtm")])
+        entries = panel.model_entries(method, extra_paths=[str(tmp_path / "mine.iqtm"), "self"])
         if not get_method(method).needs_model:
             assert entries == []
             continue
         shipped = shipped_models(method)
-        assert len(entries) == len(shipped) + 2
+        learn = method in SELF_METHODS
+        assert len(entries) == len(shipped) + 2 + learn
         assert entries[-1].label == panel.LOAD_MODEL_ITEM and entries[-1].path == ""
         assert entries[-2].label == "mine.iqtm"
-        for e in entries[:-2]:
+        if learn:   # "Learn from this scan" once, after the shipped models
+            assert entries[-3].label == panel.LEARN_ITEM and entries[-3].path == "self"
+        for e in entries[:len(shipped)]:
             assert Path(e.path).exists()
         if shipped:
             assert entries[0].default or not any(m.get("default") for m in shipped)

@@ -201,8 +201,8 @@ def test_benchmark_smoke_run_reports_every_method_and_case(tmp_path):
     for r in saved["records"]:
         assert 0 < r["nrmse"] < 1 and 0 < r["ssim"] <= 1
     nrmse = study.aggregate(saved["records"], "nrmse")
-    for c in cases:  # interpolation beats repeating slices on every case but the contrast change
-        if c != "ood_contrast_change":
+    for c in cases:  # interpolation beats repeating slices on every case but those that change the contrast
+        if c not in ("ood_contrast_change", "ood_lowfield"):
             assert nrmse[(c, "trilinear")][0] < nrmse[(c, "nearest")][0]
     for name, (path, _caption) in saved["figures"].items():
         assert (out / path).stat().st_size < 300_000, path
@@ -304,3 +304,21 @@ def test_replicates_and_the_papers_srep_row(icbm_t1, tmp_path):
     mean = float(table["`srep-paper`"][0].strip("*").split("±")[0])
     assert mean == pytest.approx(np.mean([r["nrmse"] for r in rows]), abs=1e-4)
     assert "IQT-SRep (paper)" in report and "1 more replicate(s)" in report
+
+
+def test_lowfield_case_lowers_the_measured_wm_gm_contrast(colin):
+    """The study's low-field case: its LQ has the drawn loss of GM/WM difference (measured on the
+    tissue classes of the HQ, noise-free) and is out of every training range."""
+    from IQTEnhanceLib.lowfield import class_means
+    from IQTEnhanceLib.simulate import apply_contrast
+
+    case = next(c for c in study.fixture_cases() if c.name == "ood_lowfield")
+    assert not study.in_training_ranges(case, 4) and case.ood
+    image, mask = colin
+    brain = mask.array > 0
+    params = case.simulation(4, "k", 0, image.array, brain)
+    p = tissue_memberships(image.array, brain)
+    before = class_means(image.array, p, brain)
+    after = class_means(apply_contrast(image.array, brain, params.contrast), p, brain)
+    assert (after[2] - after[1]) / (before[2] - before[1]) == pytest.approx(1 - case.lowfield[0], abs=2e-3)
+    assert "low-field T1w" in case.describe(4)

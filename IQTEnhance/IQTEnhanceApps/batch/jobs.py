@@ -167,7 +167,12 @@ def resolve_settings(method: str, *, model=None, factor=None, axis=None, device:
     if str(device or "auto").lower().split(":")[0] not in DEVICES + ("gpu",):
         raise InputError(f"device must be one of {', '.join(DEVICES)} (got {device!r})")
     model_path, model_sha = None, None
-    if spec.needs_model and (model is not None or require_model):
+    if isinstance(model, str) and model == "self":
+        from IQTEnhanceLib.selfsup import SELF, check_method
+
+        check_method(method)          # each volume learns its own model (recorded in its sidecar)
+        model_path = SELF
+    elif spec.needs_model and (model is not None or require_model):
         model_path = Path(model).expanduser().resolve() if model is not None else default_model_path(method)
         loaded = load_model(model_path)
         loaded.check_fits(method=method, factor=factor)

@@ -135,7 +135,8 @@ def run_batch(inputs, outdir, method: str, *, model=None, factor=None, axis=None
             client, own, cluster_info = _open_client(client, scheduler, cluster, cluster_config, workers,
                                                      threads_per_worker, retries, settings, log)
             try:
-                client.run(warm_worker, settings["threads"], method, settings["model"], settings["model_sha256"])
+                shared = settings["model"] if settings["model"] != "self" else None   # self: one per scan
+                client.run(warm_worker, settings["threads"], method, shared, settings["model_sha256"])
             except Exception:  # noqa: BLE001 - warming is an optimisation; the tasks import what they need
                 pass
             rows = _run_tasks(client, jobs, settings, progress, cancel)

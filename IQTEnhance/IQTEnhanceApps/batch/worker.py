@@ -86,11 +86,14 @@ def limit_threads(threads: Optional[int], needs_torch: bool = False) -> None:
 
 def provenance_key(input_sha256: str, settings: dict, model_sha256: Optional[str]) -> dict:
     """What an output depends on; a rerun redoes a volume whose key differs."""
-    return {
+    key = {
         "format": SIDECAR_FORMAT, "input_sha256": input_sha256, "method": settings["method"],
         "model_sha256": model_sha256, "factor": settings.get("factor"), "axis": settings.get("axis"),
         "options": settings.get("options") or {},
     }
+    if settings.get("model") == "self":
+        key["model"] = "self"      # learned from the scan: the input and the settings determine it
+    return key
 
 
 def _json_safe(value):
@@ -194,6 +197,9 @@ def _process(job: dict, settings: dict, row: dict) -> None:
     input_sha = file_checksum(job["input"])
     model_path = job.get("model") or settings.get("model")
     model_sha = job.get("model_sha256") if job.get("model") else settings.get("model_sha256")
+    learn = model_path == "self"      # learned from each scan: the provenance is the input and the settings
+    if learn:
+        model_path, model_sha = None, None
     if model_path and not model_sha:
         if not Path(model_path).is_file():
             raise ModelError(f"{model_path}: no such model file")
@@ -210,13 +216,13 @@ def _process(job: dict, settings: dict, row: dict) -> None:
             return
 
     lq = read_volume(job["input"])
-    model = cached_model(model_path, model_sha) if model_path else None
+    model = "self" if learn else (cached_model(model_path, model_sha) if model_path else None)
     planned = api.plan(lq, method, model=model, factor=settings.get("factor"), axis=settings.get("axis"),
                        device=settings.get("device", "auto"), options=settings.get("options"))
     result = api.execute(lq, planned)
     row["device"] = result.info["device"]
     row["warnings"] = "; ".join(result.info.get("warnings") or [])
-    if model is not None:
+    if model is not None and not learn:
         row["model_loads"] = model_loads(model.checksum)
 
     # Old sidecar first: from here until the new sidecar lands, the output is not vouched for,

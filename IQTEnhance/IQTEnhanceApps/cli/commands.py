@@ -121,9 +121,12 @@ def cmd_enhance(args) -> int:
     spec = get_method(args.method)
     options = collect_method_options(args, spec.options, args.method)
     out = Path(args.out)
+    learn = args.model == "self"
+    if args.save_model and not learn:
+        raise InputError("--save-model goes with --model self (it saves the model learned from the scan)")
     check_outputs([("OUT", out, "volume"), ("OUT's sidecar", sidecar_path(out), "sidecar"),
-                   ("--trust-map", args.trust_map, "volume")],
-                  [("input", args.lq, "volume"), ("--model", args.model, "file")])
+                   ("--trust-map", args.trust_map, "volume"), ("--save-model", args.save_model, "model")],
+                  [("input", args.lq, "volume")] + ([] if learn else [("--model", args.model, "file")]))
     if args.trust_map:
         if "trust" not in spec.extras:
             raise InputError(f"method {args.method} makes no trust map; --trust-map works with "
@@ -154,6 +157,13 @@ def cmd_enhance(args) -> int:
             raise InputError(f"method {args.method} made no trust map for this input")
         outputs.volume(result.extras["trust"], args.trust_map)
         record["trust_map"] = str(Path(args.trust_map).resolve())
+    if args.save_model:
+        from IQTEnhanceLib.models import save_model
+
+        check_cancel()
+        save_model(args.save_model, result.model)
+        outputs.add(args.save_model)
+        record["saved_model"] = str(Path(args.save_model).resolve())
     outputs.json(record, sidecar_path(out))
     info(args, f"wrote {out} ({spec.label}, x{result.info['factor']} along {result.info['axis']}, "
                f"{result.info['seconds']:.1f} s on {result.info['device']}) and {sidecar_path(out)}")

@@ -149,6 +149,9 @@ def add_enhance(subparsers, request: ParserRequest) -> None:
                           device_help="auto = CUDA when available", axis_help="the axis with the largest spacing")
     p.add_argument("--trust-map", metavar="FILE",
                    help="also write the method's trust map (methods that make one; sets their trust_map option)")
+    p.add_argument("--save-model", metavar="FILE",
+                   help="with --model self: also save the model learned from the scan (.iqtm), to reuse it for "
+                        "other scans of the same protocol")
     _add_option_flags(p, request, "enhance", "a method option")
     p.set_defaults(func=cmd_enhance)
 

@@ -52,16 +52,29 @@ class Case:
     lesions: Optional[LesionSpec] = None
     paired_with: Optional[str] = None      # lesion-free twin (same subject, noise seed): contrast kept
     note: str = ""
+    lowfield: Optional[tuple] = None       # (GM/WM loss, GM/CSF loss, WM SNR): the low-field T1w model
 
     @property
     def ood(self) -> bool:
         return self.group != "in distribution"
 
-    def simulation(self, factor: int, axis: str, seed: int) -> SimulationParameters:
+    def simulation(self, factor: int, axis: str, seed: int, hq=None, mask=None) -> SimulationParameters:
+        """The case's simulation; a low-field case needs the HQ and its mask (its tissue factors and
+        SNR are set from the tissue classes, see IQTEnhanceLib/lowfield.py)."""
+        if self.lowfield is not None:
+            from IQTEnhanceLib.lowfield import LowFieldContrast, lowfield_parameters
+
+            params, _record = lowfield_parameters(hq, mask, LowFieldContrast(*self.lowfield), factor, axis,
+                                                  seed=seed, thickness=self.thickness)
+            return params
         return SimulationParameters(factor=factor, axis=axis, snr=self.snr, contrast=tuple(self.contrast),
                                     thickness=self.thickness, seed=seed).validate()
 
     def describe(self, factor: int) -> str:
+        if self.lowfield is not None:
+            gm_wm, csf_gm, snr_wm = self.lowfield
+            return (f"{self.dataset}, ×{factor}, low-field T1w: GM/WM difference −{100 * gm_wm:.0f}%, GM/CSF "
+                    f"−{100 * csf_gm:.0f}%, WM SNR {snr_wm:g}")
         snr = "no noise" if self.snr is None else f"SNR {self.snr:g}"
         thick = self.thickness if self.thickness is not None else float(factor)
         contrast = "/".join(f"{c:g}" for c in self.contrast)
@@ -75,6 +88,8 @@ class Case:
 
 def in_training_ranges(case: Case, factor: int, ranges: ParameterRanges | None = None) -> bool:
     """Whether the case's simulation parameters lie inside the shipped models' training ranges."""
+    if case.lowfield is not None:
+        return False     # no shipped model was trained with the low-field tissue model
     r = ranges or ParameterRanges()
     thick = (case.thickness if case.thickness is not None else factor) / factor
     snr_ok = case.snr is not None and r.snr[0] <= case.snr <= r.snr[1]
@@ -101,6 +116,11 @@ def default_cases(full: bool = False) -> list:
              "colin27_t1", contrast=(0.6, 1.0, 1.4),
              note="dark/middle/bright tissue scaled by 0.6/1.0/1.4 in the LQ (training: 0.85-1.15); "
                   "the target is the unchanged HQ"),
+        Case("ood_lowfield", "OOD: low-field-like T1w (GM/WM −50%, WM SNR 8)", "out of distribution", "colin27_t1",
+             lowfield=(0.5, 0.3, 8.0),
+             note="the IQT task itself: a 0.3-0.5 T-like LQ (GM/WM and GM/CSF differences reduced, low SNR, "
+                  "IQTEnhanceLib/lowfield.py) in, the 3 T-like HQ out; at the far end of the model's ranges "
+                  "and outside every shipped model's training"),
         Case("pathology", "Synthetic pathology: lesions in Colin27", "out of distribution", "colin27_t1",
              lesions=LesionSpec(), paired_with="in_distribution",
              note="hypo- and hyper-intense spheres inserted into the HQ before simulation; otherwise "
@@ -256,5 +276,5 @@ def prepare_case(case: Case, loader: Callable, *, factor: int = 4, axis: str = "
     lesion_index, lesions = None, []
     if case.lesions is not None:
         image, _w, lesion_index, lesions = insert_lesions(image, mask, case.lesions, seed=seed + 1000)
-    lq, record = simulate(image, case.simulation(factor, axis, seed), mask=mask)
+    lq, record = simulate(image, case.simulation(factor, axis, seed, image.array, mask.array > 0), mask=mask)
     return CaseData(case, seed, image, mask.array > 0, lq, record, lesion_index, lesions)

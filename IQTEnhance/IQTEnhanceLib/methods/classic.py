@@ -51,6 +51,9 @@ FOREST_ENHANCE_OPTIONS = _enhance_options(2)
 COMMON_TRAIN_OPTIONS = (
     MethodOption("patch_thick", int, 2, "LQ patch size along the thick axis (LQ voxels)", minimum=1),
     MethodOption("patch_inplane", int, 5, "LQ patch size in-plane (voxels)", minimum=1),
+    MethodOption("patch_shape", str, "square", "in-plane patch shape: square, or line (one voxel across the "
+                 "second in-plane axis: learning from the scan itself, whose planes hold one fine in-plane axis)",
+                 ("square", "line")),
     MethodOption("samples", int, 150_000, "patch pairs sampled in the brain masks", minimum=10),
     # Colin27 NRMSE of linear with 2 / 4 / 8 realizations per axis: 0.0609 / 0.0600 / 0.0605; with 1
     # per axis (and an intercept, before offsets were removed) 0.0652, vs 0.0602 with 3: few draws of
@@ -69,12 +72,6 @@ LINEAR_TRAIN_OPTIONS = COMMON_TRAIN_OPTIONS + (
 
 
 # -- shared helpers --------------------------------------------------------------------------------------
-def lq_patch_of(options: dict, method: str) -> tuple:
-    thick = options["patch_thick"]
-    inplane = options["patch_inplane"]
-    return (thick, inplane, inplane)
-
-
 def sample_training_pairs(pairs, factor: int, lq_patch, n_samples: int, per: int, reporter) -> tuple:
     """Feature/target matrices from ``per`` realizations of every volume and axis of ``pairs``.
 
@@ -218,7 +215,7 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas, X_val=None, Y_val=None, int
 def train_linear(pairs, factor: int, options: dict, reporter, provenance: dict) -> ModelFile:
     options = validate_option_values(LINEAR_TRAIN_OPTIONS, options, "linear", "training option")
     started = time.perf_counter()
-    lq_patch = lq_patch_of(options, "linear")
+    lq_patch = features.lq_patch_of(options)
     n_samples = options["samples"]
     per = options["realizations"]
     lambdas = parse_lambdas(options["lambdas"])
@@ -451,7 +448,7 @@ def train_forest(pairs, factor: int, options: dict, reporter, provenance: dict) 
     """
     options = validate_option_values(FOREST_TRAIN_OPTIONS, options, "forest", "training option")
     started = time.perf_counter()
-    lq_patch = lq_patch_of(options, "forest")
+    lq_patch = features.lq_patch_of(options)
     n_samples = options["samples"]
     per = options["realizations"]
     lambdas = parse_lambdas(options["lambdas"])

@@ -70,6 +70,9 @@ TRAIN_OPTIONS = (
                  "over concatenated [LQ; HQ] patches)", FORMULATIONS),
     MethodOption("patch_thick", int, 2, "LQ patch size along the thick axis (LQ voxels)", minimum=1),
     MethodOption("patch_inplane", int, 5, "LQ patch size in-plane (voxels)", minimum=1),
+    MethodOption("patch_shape", str, "square", "in-plane patch shape: square, or line (one voxel across the "
+                 "second in-plane axis: learning from the scan itself, whose planes hold one fine in-plane axis)",
+                 ("square", "line")),
     MethodOption("atoms", int, 512, "dictionary atoms", minimum=2),
     MethodOption("lam", float, 0.05, "sparsity weight λ (training and default inference)", minimum=0.0, min_exclusive=True),
     MethodOption("iterations", int, 200, "online dictionary learning iterations (mini-batches)", minimum=1),
@@ -298,7 +301,7 @@ def train(pairs, factor, options, reporter, provenance):
     formulation = str(options["formulation"])
     if formulation not in FORMULATIONS:
         raise InputError(f"formulation must be one of {', '.join(FORMULATIONS)} (got {formulation!r})")
-    lq_patch = (options["patch_thick"], options["patch_inplane"], options["patch_inplane"])
+    lq_patch = features.lq_patch_of(options)
     hq_patch = hq_patch_shape(lq_patch, factor, 0)
     K = options["atoms"]
     lam = options["lam"]
