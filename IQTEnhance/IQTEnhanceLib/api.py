@@ -185,10 +185,13 @@ class EnhancePlan:
 
 
 def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None, device: str = "auto",
-         options: Optional[dict] = None, probe_device: bool = True, source: str = "input") -> EnhancePlan:
+         options: Optional[dict] = None, probe_device: bool = True, source: str = "input",
+         contrast: Optional[str] = None) -> EnhancePlan:
     """The one preflight of :func:`enhance`: input, method, model, factor and axis, device, options
     and memory, each checked once.  ``probe_device=False`` checks the device name without importing
-    torch (the Slicer panel: the worker process probes the GPU); ``source`` names the input in errors."""
+    torch (the Slicer panel: the worker process probes the GPU); ``source`` names the input in errors.
+    ``model``: a file or :class:`ModelFile`, ``"self"``, or None / ``"auto"``: the shipped model of the
+    scan's ``contrast`` (t1, t2; default t1) whose factor matches its spacing."""
     spec = get_method(method)
     validate_input(lq, source)
     learn_from_scan = isinstance(model, str) and model == "self"
@@ -197,6 +200,11 @@ def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis
 
         check_method(method)
         model = None
+    elif spec.needs_model and (model is None or (isinstance(model, str) and model == "auto")):
+        from .models import pick_shipped_model
+
+        thick = default_axis(lq) if axis in (None, "auto") else axis_letter(axis)
+        model = resolve_model(method, pick_shipped_model(method, factor or spacing_factor(lq, thick), contrast))
     else:
         model = resolve_model(method, model)
     factor, axis = resolve_factor_axis(lq, model, factor, axis)
@@ -268,7 +276,8 @@ def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None) -> Enhan
 
 
 def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None,
-            device: str = "auto", progress=None, cancel=None, **options) -> EnhanceResult:
+            device: str = "auto", progress=None, cancel=None, contrast: Optional[str] = None,
+            **options) -> EnhanceResult:
     """Enhance ``lq`` onto its HQ grid (``factor`` × finer along the thick ``axis``): :func:`plan`
     then :func:`execute`.
 
@@ -280,8 +289,8 @@ def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, a
     ``progress(fraction, message)`` and ``cancel()`` are called between batches; cancelling raises
     :class:`~.errors.CancelledError`.  The input volume is never modified.
     """
-    return execute(lq, plan(lq, method, model=model, factor=factor, axis=axis, device=device, options=options),
-                   progress, cancel)
+    return execute(lq, plan(lq, method, model=model, factor=factor, axis=axis, device=device, options=options,
+                            contrast=contrast), progress, cancel)
 
 
 def train(method: str, hq_volumes: list, *, factor: int = 4, masks: Optional[list] = None,

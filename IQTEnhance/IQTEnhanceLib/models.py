@@ -241,6 +241,26 @@ def default_model_path(method: str) -> Path:
     return shipped_models_dir() / entry["file"]
 
 
+CONTRASTS = ("t1", "t2")
+
+
+def pick_shipped_model(method: str, factor: int | None = None, contrast: str | None = None) -> Path:
+    """The shipped model for a scan (``--model auto``): of the requested contrast (default T1), the
+    one whose factor matches the scan's thick / in-plane spacing ratio, the method's default among
+    equals; without a match in factor, that contrast's default; without that contrast, the
+    method's default model."""
+    contrast = (contrast or "t1").lower()
+    if contrast not in CONTRASTS:
+        raise ModelError(f"contrast must be one of {', '.join(CONTRASTS)} (got {contrast!r})")
+    entries = shipped_models(method)
+    same = [e for e in entries if e.get("contrast", "t1") == contrast]
+    for pool in ([e for e in same if factor is not None and int(e["factor"]) == int(factor)], same):
+        if pool:
+            entry = next((e for e in pool if e.get("default")), sorted(pool, key=lambda e: e["name"])[0])
+            return shipped_models_dir() / entry["file"]
+    return default_model_path(method)
+
+
 def register_shipped_model(path, *, default: bool = True) -> dict:
     """Add or update a model file's entry in ``Resources/Models/manifest.json``."""
     path = Path(path)
@@ -251,6 +271,7 @@ def register_shipped_model(path, *, default: bool = True) -> dict:
         "name": model.name, "method": model.method, "factor": model.factor, "file": path.name,
         "sha256": model.checksum, "size_bytes": path.stat().st_size,
         "training_data": model.training.get("data"), "default": default,
+        "contrast": model.training.get("contrast", "t1"),
         "model_card": model.training.get("model_card", ""),
     }
     entries = [e for e in entries if e["file"] != path.name]

@@ -94,3 +94,30 @@ def test_slicer_logic_learns_from_the_node(colin):
     node = add_lq_node(s, colin[0], AXIS_ALIGNED_RAS)
     out = EnhanceLogic(s).enhance(node, "linear", model="self")
     assert out is not None and out.GetImageData().GetDimensions()[2] == 4 * node.GetImageData().GetDimensions()[2]
+
+
+def test_auto_picks_the_shipped_model_by_spacing_and_contrast(monkeypatch, tmp_path, colin):
+    """--model auto: the requested contrast's model whose factor matches the scan's spacing ratio;
+    without one of that factor, that contrast's default; without that contrast, the method's default."""
+    from IQTEnhanceLib import models
+
+    entries = [
+        {"name": "linear_t1_x4", "method": "linear", "factor": 4, "file": "l_t1_x4.iqtm", "default": True},
+        {"name": "linear_t1_x3", "method": "linear", "factor": 3, "file": "l_t1_x3.iqtm", "default": False},
+        {"name": "linear_t2_x3", "method": "linear", "factor": 3, "file": "l_t2_x3.iqtm", "default": False,
+         "contrast": "t2"},
+        {"name": "linear_t2_x5", "method": "linear", "factor": 5, "file": "l_t2_x5.iqtm", "default": False,
+         "contrast": "t2"},
+    ]
+    monkeypatch.setattr(models, "shipped_manifest", lambda: entries)
+    pick = lambda f, c=None: models.pick_shipped_model("linear", f, c).name  # noqa: E731
+    assert pick(4) == "l_t1_x4.iqtm" and pick(3) == "l_t1_x3.iqtm" and pick(6) == "l_t1_x4.iqtm"
+    assert pick(3, "t2") == "l_t2_x3.iqtm" and pick(5, "T2") == "l_t2_x5.iqtm"
+    assert pick(4, "t2") in ("l_t2_x3.iqtm", "l_t2_x5.iqtm")   # no t2 ×4: a t2 model all the same
+    with pytest.raises(Exception, match="contrast must be one of"):
+        pick(4, "flair")
+    # through the plan, with the real shipped models: a ×4 T1 scan gets the ×4 T1 model
+    monkeypatch.undo()
+    lq = Volume(np.asarray(colin[0].array[:12], dtype=np.float32), (1.0, 1.0, 4.0))
+    assert api.plan(lq, "linear", model="auto").model.name == "linear_t1_x4"
+    assert api.plan(lq, "linear", contrast="t2").model.factor == 4

@@ -122,6 +122,8 @@ def cmd_enhance(args) -> int:
     options = collect_method_options(args, spec.options, args.method)
     out = Path(args.out)
     learn = args.model == "self"
+    if args.model == "auto":
+        args.model = None
     if args.save_model and not learn:
         raise InputError("--save-model goes with --model self (it saves the model learned from the scan)")
     check_outputs([("OUT", out, "volume"), ("OUT's sidecar", sidecar_path(out), "sidecar"),
@@ -140,7 +142,7 @@ def cmd_enhance(args) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             planned = plan(lq, args.method, model=args.model, factor=args.factor, axis=args.axis,
-                           device=args.device, options=options)
+                           device=args.device, options=options, contrast=args.contrast)
             result = execute(lq, planned, progress=progress, cancel=cancel_requested)
     finally:
         progress.close()

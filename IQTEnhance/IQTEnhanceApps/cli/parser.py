@@ -149,6 +149,9 @@ def add_enhance(subparsers, request: ParserRequest) -> None:
                           device_help="auto = CUDA when available", axis_help="the axis with the largest spacing")
     p.add_argument("--trust-map", metavar="FILE",
                    help="also write the method's trust map (methods that make one; sets their trust_map option)")
+    p.add_argument("--contrast", choices=("t1", "t2"), default=None,
+                   help="the scan's contrast, for --model auto (the default): the shipped model of that contrast "
+                        "whose factor matches the scan's spacing (default t1)")
     p.add_argument("--save-model", metavar="FILE",
                    help="with --model self: also save the model learned from the scan (.iqtm), to reuse it for "
                         "other scans of the same protocol")

@@ -125,8 +125,9 @@ def add_enhance_arguments(p, *, method_help: str, device_help: str, axis_help: s
 
     p.add_argument("--method", required=True, choices=list(METHOD_MODULES), metavar="METHOD",
                    help=f"one of {', '.join(METHOD_MODULES)} {method_help}".rstrip())
-    p.add_argument("--model", help="model file (.iqtm); default: the method's shipped model; 'self' (linear, srep): "
-                                   "learn the model from the scan's own fine in-plane axes first")
+    p.add_argument("--model", help="model file (.iqtm); 'auto' (default): the shipped model whose factor matches "
+                                   "the scan's spacing; 'self' (linear, srep): learn the model from the scan's own "
+                                   "fine in-plane axes first")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help=f"where learned methods run: {device_help}")
     p.add_argument("--factor", type=int, default=None,
