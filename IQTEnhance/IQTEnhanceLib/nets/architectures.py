@@ -11,6 +11,15 @@ thread (Colin27 ×4 SNR 20, trilinear 0.0777): DL 0.0584 (20 min, shipped), 0.05
 fixed SNR 20 training like the prototype's); DDL 0.0637 and 0.0630.  DDL's validation loss stalls at
 ≈0.69× the interpolation's whatever the body or tail (see DeepDictionaryNet), where DL's drops to 0.43-0.54×.
 
+Training to convergence does not change that (one thread each, whole-head patches, 504 validation
+patches, stopped when the validation loss improved < 1% over the last 20% of the steps): DL ran 7,000
+steps (28k patches, 101 min) to 0.368× the interpolation's validation loss (0.637× trilinear's NRMSE
+on the held-out template cubes) and scored Colin27 0.0585 (the 20-min model: 0.0584) and ICBM 2009a
+0.0524 (0.0474); DDL with k-means atoms, the compensation branch and its own learning rate ran 3,500
+steps (98 min) to 0.581× and scored Colin27 0.0641 (0.0637), ICBM 2009a 0.0584 (0.0584).  Lower
+validation loss on held-out cubes of the training template does not carry over to other brains:
+the limit is the one smooth training template, not the training time.
+
 * :class:`UNet3D` (IQT-DL, after Lin et al. 2023): the head gives ``f`` channels per LQ voxel, one
   per HQ sub-slice, rearranged onto the HQ grid (a 1-D "pixel shuffle" along the thick axis).
 * :class:`DeepDictionaryNet` (IQT-DDL, after Maeda's SRDD, ECCV 2022): a UNet++ body and a
