@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from .errors import InputError
-from .simulate import SimulationParameters
+from .simulate import SimulationParameters, foreground_mask
 from .volume import Volume
 
 SELF = "self"
@@ -50,12 +50,11 @@ def check_method(method: str) -> None:
                          f"not {method}")
 
 
-def noise_sigma(canonical: np.ndarray) -> float:
-    """The scan's noise σ, from differences of neighbours along the fine axes in the foreground (a
-    robust MAD: edges are few, so the median ignores them)."""
-    from .simulate import foreground_mask
-
-    mask = foreground_mask(canonical)
+def noise_sigma(canonical: np.ndarray, mask=None) -> float:
+    """The scan's noise σ, from differences of neighbours along the fine axes in the foreground
+    (``mask``, default :func:`.simulate.foreground_mask`; a robust MAD: edges are few, so the median
+    ignores them)."""
+    mask = foreground_mask(canonical) if mask is None else mask
     d = np.concatenate([np.diff(canonical, axis=1)[mask[:, 1:] & mask[:, :-1]],
                         np.diff(canonical, axis=2)[mask[:, :, 1:] & mask[:, :, :-1]]])
     if d.size < 100:
@@ -78,10 +77,9 @@ def learn(canonical: np.ndarray, method: str, factor: int, reporter, seed: int =
     train_options = dict(TRAIN_OPTIONS[method], **options)
     # the blur averages the scan's own noise away, so the training inputs would be cleaner than the
     # thick slices the model meets: noise of the scan's level is added back (σ = mean foreground / SNR)
-    from .simulate import foreground_mask
-
-    sigma = noise_sigma(canonical)
-    snr = float(canonical[foreground_mask(canonical)].mean()) / sigma if sigma > 0 else None
+    foreground = foreground_mask(canonical)
+    sigma = noise_sigma(canonical, foreground)
+    snr = float(canonical[foreground].mean()) / sigma if sigma > 0 else None
     model = api.train(method, [volume], factor=factor, seed=seed, axes=("j", "i"),
                       simulation=SimulationParameters(factor=factor, snr=snr, seed=seed),
                       progress=reporter, data_names=["this scan's own in-plane axes"], **train_options)

@@ -302,13 +302,12 @@ def show_dictionary(args) -> int:
     make on average: largest first) and optionally draw it as a PNG."""
     from IQTEnhanceLib.api import resolve_model
     from IQTEnhanceLib.methods.networks import dictionary_atoms
+    from IQTEnhanceLib.models import shipped_models, shipped_models_dir
 
     png = Path(args.png) if args.png else None
     if png is not None:
         check_outputs([("--png", png, "table")], [("--show-dictionary", Path(args.show_dictionary), "file")]
                       if Path(args.show_dictionary).exists() else [])
-    from IQTEnhanceLib.models import shipped_models, shipped_models_dir
-
     source = args.show_dictionary
     named = {e["name"]: shipped_models_dir() / e["file"] for e in shipped_models("ddl")}
     model = resolve_model("ddl", None if source == "default" else named.get(source, source))
@@ -318,14 +317,13 @@ def show_dictionary(args) -> int:
     order = np.argsort(-norms)
     info(args, f"{model.describe()}: {k} atoms of {f}×{n}×{n} HQ voxels (residual over linear interpolation, "
                "in units of the input's intensity scale); sub-slice values of each atom's centre column:")
-    for rank, a in enumerate(order):
+    for a in order:
         column = atoms[a, :, n // 2, n // 2]
         info(args, f"  atom {a:3d}  norm {norms[a]:.4f}  " + " ".join(f"{v:+.4f}" for v in column))
     if png is not None:
-        plt = require_module("matplotlib.pyplot", "--png", "pip install matplotlib")
-        import matplotlib
+        require_module("matplotlib", "--png", "pip install matplotlib").use("Agg")
+        import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
         image = atoms[order].transpose(0, 2, 1, 3).reshape(k * n, f * n) if n > 1 else atoms[order, :, 0, 0]
         limit = float(np.abs(image).max()) or 1.0
         fig, ax = plt.subplots(figsize=(2 + 0.4 * f * n, 2 + 0.08 * k * n))
@@ -335,7 +333,9 @@ def show_dictionary(args) -> int:
         ax.set_title(f"{model.name}: {k} learned HQ atoms")
         fig.colorbar(shown, ax=ax, label="residual / intensity scale")
         fig.tight_layout()
-        args._outputs.figure(fig, png)
-        plt.close(fig)
+        try:
+            args._outputs.figure(fig, png)
+        finally:
+            plt.close(fig)
         info(args, f"wrote {png}")
     return 0

@@ -24,7 +24,6 @@ from IQTEnhanceApps.common.runtime import (
     progress_for,
 )
 from IQTEnhanceLib.errors import CancelledError, InputError, IQTError
-from IQTEnhanceLib.files import atomic_path
 from IQTEnhanceLib.volume import read_volume
 
 
@@ -55,7 +54,7 @@ def demo_methods(device: str = "auto", wanted=None) -> tuple:
     return run, skipped
 
 
-def _demo_figure(path, hq, mask, lq_nearest, outputs: dict, metrics: dict, thick_array_axis: int,
+def _demo_figure(written, path, hq, mask, lq_nearest, outputs: dict, metrics: dict, thick_array_axis: int,
                  title: str) -> None:
     import matplotlib
 
@@ -89,8 +88,7 @@ def _demo_figure(path, hq, mask, lq_nearest, outputs: dict, metrics: dict, thick
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=110)
+        written.figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -155,9 +153,8 @@ def demo_figure_from(args, lq, hq, mask, arrays, results, params, source, out_di
         info(args, "note: no figure (slices.png): matplotlib is not installed; install it with: "
                    "pip install matplotlib")
         return False
-    _demo_figure(out_dir / "slices.png", ref_c.astype(np.float32), mask_c, near_c, arrays, results,
+    _demo_figure(args._outputs, out_dir / "slices.png", ref_c.astype(np.float32), mask_c, near_c, arrays, results,
                  array_axis(params.axis), f"{source}: x{params.factor} thick slices along {params.axis}, SNR {params.snr}")
-    args._outputs.add(out_dir / "slices.png")
     return True
 
 

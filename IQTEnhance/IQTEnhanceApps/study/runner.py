@@ -223,6 +223,7 @@ class StudyRun:
         if case.name in self.needed_twins:
             twin_outputs[case.name] = {"truth": truth}
         fig_j = _figure_slice(data)
+        scale = intensity_scale(data.lq.array)   # once per case, for every method's pull measure
         if reported and seed == config.seeds[0]:
             self.figure_data[case.name] = {"j": fig_j, "truth": truth[:, fig_j, :].copy(),
                                            "mask": data.mask[:, fig_j, :].copy(), "lq": None, "outputs": {},
@@ -236,7 +237,7 @@ class StudyRun:
                 twin_outputs[case.name][run.key] = result[0].volume.array
             if reported:
                 twin = twin_outputs.get(case.paired_with) if case.paired_with else None
-                self.record(run, case, data, seed, result, twin, fig_j)
+                self.record(run, case, data, seed, result, twin, fig_j, scale)
 
     def enhance(self, run, case, data, seed: int):
         """(result, seconds), or None when the method failed (recorded: one broken method must not
@@ -262,14 +263,14 @@ class StudyRun:
             return None
         return result, time.perf_counter() - t0
 
-    def record(self, run, case, data, seed: int, result, twin, fig_j: int) -> None:
+    def record(self, run, case, data, seed: int, result, twin, fig_j: int, scale: float) -> None:
         """Score one output and keep its record, lesion rows and figure slice."""
         result, seconds = result
         output, truth = result.volume.array, data.hq.array
         rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
                "model_sha256": run.model.checksum if run.model is not None else None}
         rec.update({k: v for k, v in evaluate_arrays(output, truth, data.mask).items() if k != "voxels"})
-        rec.update(regression_to_mean(output, truth, data.mask, intensity_scale(data.lq.array), self.mu_train))
+        rec.update(regression_to_mean(output, truth, data.mask, scale, self.mu_train))
         trust = next((v for k, v in result.extras.items() if "trust" in k), None)
         if trust is not None:
             rec["trust_error_corr"] = trust_error_correlation(trust.array, output, truth, data.mask)

@@ -128,15 +128,13 @@ def _make_train(method: str):
         reporter(0.93, "checking the model against linear interpolation on held-out data", force=True)
         if held_out_volume:
             hq, brain = pairs.hq[-1], pairs.masks[-1]
-            check = heldout_check(model, hq, heldout_region(hq, brain, [(0, 0, 0)], max(hq.shape)),
-                                  f"held-out volume {len(pairs.hq)}", seed=pairs.seed)
+            check = heldout_check(model, hq, heldout_region(hq, brain), f"held-out volume {len(pairs.hq)}",
+                                  seed=pairs.seed)
         elif record["validation_cubes"] and record["validation_cubes"][0]:
-            from ..nets.training_data import SimulationPool
-
-            size = SimulationPool.cube_size_for(record["settings"], factor)
             cubes = [tuple(c) for c in record["validation_cubes"][0]]
-            check = heldout_check(model, pairs.hq[0], heldout_region(pairs.hq[0], pairs.masks[0], cubes, size),
-                                  "held-out cubes of the training volume", seed=pairs.seed)
+            region = heldout_region(pairs.hq[0], pairs.masks[0], cubes, record["validation_cube_size"])
+            check = heldout_check(model, pairs.hq[0], region, "held-out cubes of the training volume",
+                                  seed=pairs.seed)
         else:
             check = None
         model.training["heldout_check"] = check

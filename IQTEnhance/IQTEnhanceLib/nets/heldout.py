@@ -25,10 +25,9 @@ def heldout_check(model, hq: np.ndarray, region: np.ndarray, where: str, seed: i
     array ``hq``, enhancing its simulated LQ (×factor along k, SNR 20) through :func:`..api.enhance`."""
     from .. import api, metrics, simulate
 
-    volume = Volume(np.asarray(hq, dtype=np.float32), (1.0, 1.0, 1.0))
     f = int(model.factor)
     keep = hq.shape[0] // f * f          # axis k is array axis 0
-    hq_c = volume.array[:keep]
+    hq_c = np.asarray(hq, dtype=np.float32)[:keep]
     region = region[:keep]
     params = SimulationParameters(factor=f, axis=CHECK_AXIS, snr=CHECK_SNR, seed=seed)
     lq, _ = simulate.simulate(Volume(hq_c, (1.0, 1.0, 1.0)), params)
@@ -43,12 +42,15 @@ def heldout_check(model, hq: np.ndarray, region: np.ndarray, where: str, seed: i
             "ratio_to_trilinear": round(ratio, 4), "beats_linear": bool(ratio < 1.0)}
 
 
-def heldout_region(hq: np.ndarray, brain: np.ndarray, cubes: list, cube_size: int) -> np.ndarray:
-    """The held-out cubes, restricted to the head (foreground or brain mask)."""
+def heldout_region(hq: np.ndarray, brain: np.ndarray, cubes=None, cube_size: int = 0) -> np.ndarray:
+    """The head (foreground or brain mask), within the held-out ``cubes`` when given."""
+    head = foreground_mask(hq) | brain
+    if cubes is None:
+        return head
     region = np.zeros(hq.shape, dtype=bool)
     for a, b, c in cubes:
         region[a:a + cube_size, b:b + cube_size, c:c + cube_size] = True
-    return region & (foreground_mask(hq) | brain)
+    return region & head
 
 
 def warning_text(check: dict) -> str:

@@ -121,14 +121,10 @@ def dictionary_atoms(model) -> np.ndarray:
         model = network_from_model(model)
     if not hasattr(model, "atoms_tensor"):
         raise ModelError("this network has no dictionary (only IQT-DDL has one)")
-    with torch_no_grad():
-        return model.atoms_tensor().detach().cpu().numpy().astype(np.float32)
-
-
-def torch_no_grad():
     import torch
 
-    return torch.no_grad()
+    with torch.no_grad():
+        return model.atoms_tensor().detach().cpu().numpy().astype(np.float32)
 
 
 # -- training checkpoints -----------------------------------------------------------------------

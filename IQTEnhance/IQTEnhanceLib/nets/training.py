@@ -370,6 +370,7 @@ class Trainer:
             "selected_step": self.best_step if self.best_state is not None else self.step_count,
             "validation_patches": 0 if self.val_x is None else int(len(self.val_x)),
             "validation_cubes": [[list(c) for c in cubes] for cubes in self.pool_builder.val_cubes],
+            "validation_cube_size": self.pool_builder.cube_size(),
             "resumed_from": self.resumed_from,
             "converged": converged(self.val_history) if self.val_history else None,
             "stopped_at_convergence": self.stopped_converged,

@@ -188,11 +188,6 @@ class SimulationPool:
         c = max(self.patch[1], self.patch[2], self.hq_patch[0])
         return int(math.ceil(c / self.factor) * self.factor)
 
-    @staticmethod
-    def cube_size_for(settings: dict, factor: int) -> int:
-        """The validation cube edge of a training run, from its recorded settings."""
-        c = max(int(settings["patch_inplane"]), int(settings["patch_thick"]) * factor)
-        return int(math.ceil(c / factor) * factor)
 
     def _validation_cubes(self, v: int, fraction: float, seed: int) -> list:
         if fraction <= 0:
