@@ -504,7 +504,7 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addLog(message)
         try:
             needsTorch = any(get_method(m).needs_torch for m in methods)
-            missing = [] if self.pytorchExtensionHandlesTorch(needsTorch) else deps.missing_packages(needsTorch)
+            missing = deps.missing_packages(needsTorch)
             self._install = deps.start_install(
                 missing, lambda title, text: slicer.util.confirmOkCancelDisplay(text, title))
         except (IQTError, deps.DependencyError) as exc:
@@ -544,13 +544,6 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         timer.connect("timeout()", poll)
         timer.start()
-
-    def pytorchExtensionHandlesTorch(self, needsTorch: bool) -> bool:
-        """With the PyTorch extension installed, its installer (which picks the wheel for the GPU
-        driver) installs torch, through the Logic's confirmation, when the run starts."""
-        if not needsTorch or deps.module_available("torch"):
-            return False
-        return deps.module_available("PyTorchUtils")
 
     def _launch(self, starter) -> None:
         try:

@@ -5,8 +5,10 @@ user confirms, and never at the cost of the packages Slicer itself ships.
   modules and Slicer's own C++ wrappers are built against them.  If one is missing, Slicer is broken
   and we say so.  Every pip call gets a constraints file pinning the installed versions of these
   (and of scipy, when Slicer ships it), so a dependency cannot drag in another numpy either.
-* torch (only for the methods that need it): through the PyTorch extension's ``PyTorchUtils``
-  when it is installed (it picks the wheel matching the GPU driver), else ``pip install torch``.
+* torch (only for the methods that need it): where the PyTorch extension is installed, the way its
+  ``PyTorchUtils`` does it, by ``light-the-torch`` (which picks the wheel matching the GPU driver), else
+  ``pip install torch``.  From the panel both run in a child process (:class:`InstallJob`), never on
+  the GUI thread.
 * scipy (Slicer ships it; older or custom builds may not): pip, if missing.
 
 No Qt here: the caller passes ``confirm(title, message) -> bool`` and ``pip_install(requirements,
@@ -83,22 +85,24 @@ def write_constraints(directory: Optional[str] = None) -> str:
     return path
 
 
-def install_message(missing: list) -> str:
+def install_message(missing: list, light_the_torch: bool = False) -> str:
     names = ", ".join(m.requirement for m in missing)
+    if light_the_torch and any(m.module == "torch" for m in missing):
+        names += " (PyTorch by light-the-torch, as the PyTorch extension does: the build for your GPU driver)"
     size = " PyTorch is a large download (about 200 MB for the CPU build, 2 GB or more with CUDA)." \
         if any(m.module == "torch" for m in missing) else ""
     return (f"IQTEnhance needs these Python packages, which are not installed: {names}.{size} "
             "Install them now? (Needs a network connection; numpy, SimpleITK and vtk are left as they are.)")
 
 
-def confirm_install(missing: list, confirm: Callable[[str, str], bool]) -> None:
+def confirm_install(missing: list, confirm: Callable[[str, str], bool], light_the_torch: bool = False) -> None:
     """Refuse to reinstall Slicer's own packages; ask the user; a decline raises and changes nothing."""
     broken = [m.module for m in missing if m.shipped_with_slicer]
     if broken:
         raise DependencyError(
             f"{', '.join(broken)} should come with Slicer but cannot be imported; IQTEnhance does not "
             "reinstall Slicer's own packages: reinstall Slicer")
-    if not confirm("Install Python packages", install_message(missing)):
+    if not confirm("Install Python packages", install_message(missing, light_the_torch)):
         raise DependencyError("not installed: " + ", ".join(m.requirement for m in missing)
                               + " (the installation was declined)")
 
@@ -157,14 +161,21 @@ def slicer_pip_install(requirements: str, constraints_path: str) -> None:
         slicer.util.pip_install([requirements, "-c", constraints_path])
 
 
+LIGHT_THE_TORCH = "light-the-torch>=0.5"   # the version the PyTorch extension installs
+
+
 class InstallJob:
     """``pip install`` in a child process, so that a multi-GB download never freezes Slicer's GUI:
     its output goes to a file that :meth:`poll` reads without blocking (the last line is the
     progress message), :meth:`cancel` ends it at once, and the constraints file pinning Slicer's own
-    packages is kept for the whole install.  ``extra_args`` (e.g. ``--target DIR`` in tests) go to pip."""
+    packages is kept for the whole install.  ``extra_args`` (e.g. ``--target DIR`` in tests) go to pip.
+
+    ``light_the_torch``: install torch as the PyTorch extension does, by ``light-the-torch`` (installed
+    first if missing), which picks the build for the GPU driver; the other packages go through pip.
+    The steps run one after the other in child processes; the first failure ends the job."""
 
     def __init__(self, requirements, constraints_path: Optional[str] = None, python: Optional[str] = None,
-                 extra_args=(), env: Optional[dict] = None):
+                 extra_args=(), env: Optional[dict] = None, light_the_torch: bool = False):
         from .worker import worker_python
 
         self.requirements = [requirements] if isinstance(requirements, str) else list(requirements)
@@ -172,27 +183,44 @@ class InstallJob:
         self.python = python or worker_python()
         self.extra_args = list(extra_args)
         self.env = env
+        self.light_the_torch = light_the_torch
         self.process = None
         self.log_path = None
         self.returncode: Optional[int] = None
         self.cancelled = False
         self._offset = 0
+        self._pending: list = []
         self.last_line = ""
 
-    def command(self) -> list:
-        command = [self.python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
-        if self.constraints_path:
-            command += ["-c", self.constraints_path]
-        return command + self.extra_args + self.requirements
+    def _options(self) -> list:
+        return (["-c", self.constraints_path] if self.constraints_path else []) + self.extra_args
+
+    def commands(self) -> list:
+        """The command lines, in order."""
+        pip = [self.python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+        torch_first = [r for r in self.requirements if self.light_the_torch and _names_torch(r)]
+        others = [r for r in self.requirements if r not in torch_first]
+        commands = [pip + self._options() + others] if others else []
+        if torch_first:
+            if not module_available("light_the_torch"):
+                commands.append(pip + self._options() + [LIGHT_THE_TORCH])
+            commands.append([self.python, "-m", "light_the_torch", "install"] + self._options() + torch_first)
+        return commands
 
     def start(self) -> "InstallJob":
+        fd, self.log_path = tempfile.mkstemp(prefix="iqtenhance-pip-", suffix=".log")
+        os.close(fd)
+        self._pending = self.commands()
+        self._next()
+        return self
+
+    def _next(self) -> None:
         import subprocess
 
-        fd, self.log_path = tempfile.mkstemp(prefix="iqtenhance-pip-", suffix=".log")
-        with os.fdopen(fd, "wb") as log:
-            self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+        command = self._pending.pop(0)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, env=self.env)
-        return self
 
     def poll(self) -> Optional[str]:
         """The newest complete output line since the last call (None if none); never blocks."""
@@ -207,8 +235,12 @@ class InstallJob:
                 lines = [t.strip() for t in data[:end].decode("utf-8", "replace").splitlines() if t.strip()]
                 if lines:
                     line = self.last_line = lines[-1]
-        if self.process is not None and self.returncode is None:
-            self.returncode = self.process.poll()
+        if self.process is not None and self.returncode is None and not self.cancelled:
+            code = self.process.poll()
+            if code == 0 and self._pending:
+                self._next()          # the next step (light-the-torch after its own install)
+            else:
+                self.returncode = code
         return line
 
     @property
@@ -236,6 +268,7 @@ class InstallJob:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self._pending = []
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
@@ -251,17 +284,27 @@ class InstallJob:
             self.log_path = None
 
 
+def _names_torch(requirement: str) -> bool:
+    name = requirement.split(";")[0].strip()
+    for mark in "<>=!~[ ":
+        name = name.split(mark)[0]
+    return name.lower() == "torch"
+
+
 def start_install(missing: list, confirm: Callable[[str, str], bool], python: Optional[str] = None,
-                  extra_args=()) -> Optional[InstallJob]:
+                  extra_args=(), light_the_torch: Optional[bool] = None) -> Optional[InstallJob]:
     """After the user confirms, start installing ``missing`` (from :func:`missing_packages`) in a
     child process; returns the job, or None when nothing is missing.  Declined: raises
     :class:`DependencyError` and changes nothing.  The constraints file lives until
-    :func:`finish_install`."""
+    :func:`finish_install`.  ``light_the_torch`` (default: where the PyTorch extension is installed):
+    torch by light-the-torch, as that extension does."""
     if not missing:
         return None
-    confirm_install(missing, confirm)
+    if light_the_torch is None:
+        light_the_torch = module_available("PyTorchUtils")
+    confirm_install(missing, confirm, light_the_torch)
     return InstallJob([m.requirement for m in missing], write_constraints(), python=python,
-                      extra_args=extra_args).start()
+                      extra_args=extra_args, light_the_torch=light_the_torch).start()
 
 
 def finish_install(job: InstallJob, modules=()) -> None:

@@ -220,7 +220,8 @@ def test_install_runs_in_a_process_with_constraints_and_progress(tmp_path, monke
     assert asked and "iqtenhance_tiny_pkg" not in asked[0] or asked
     constraints = Path(job.constraints_path)
     assert "numpy==" in constraints.read_text()           # Slicer's packages stay pinned during the install
-    assert "-c" in job.command() and str(constraints) in job.command()
+    [command] = job.commands()
+    assert "-c" in command and str(constraints) in command
     lines = []
     deadline = time.monotonic() + 120
     while not job.finished:
@@ -288,3 +289,44 @@ def test_slicer_install_uses_pydeps_pip_ensure_where_slicer_has_it(monkeypatch, 
     monkeypatch.setitem(sys.modules, "slicer.pydeps", pydeps)
     deps.slicer_pip_install("scipy>=1.8", constraints)
     assert calls[-1] == ("pip_ensure", ["scipy>=1.8"], {"constraints": constraints, "requester": "IQTEnhance"})
+
+
+def test_torch_goes_through_light_the_torch_where_the_pytorch_extension_is(tmp_path, monkeypatch):
+    """With the PyTorch extension (PyTorchUtils) present, torch is installed as it does it, by
+    light-the-torch (installed first when missing), in the same child process chain as pip; the
+    steps run in order and a failing step ends the job."""
+    monkeypatch.setattr(deps, "module_available", lambda name: name == "PyTorchUtils")
+    job = deps.InstallJob(["scipy", "torch>=2.1"], "/tmp/c.txt", python="py", light_the_torch=True)
+    commands = job.commands()
+    assert [c[:4] for c in commands] == [["py", "-m", "pip", "install"]] * 2 + [["py", "-m", "light_the_torch", "install"]]
+    assert commands[0][-1] == "scipy" and commands[1][-1] == deps.LIGHT_THE_TORCH
+    assert commands[2][-1] == "torch>=2.1" and all("/tmp/c.txt" in c for c in commands)
+    assert deps.InstallJob(["torch>=2.1"], python="py").commands() == [
+        ["py", "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", "torch>=2.1"]]
+    asked = []
+    with pytest.raises(deps.DependencyError, match="declined"):
+        deps.start_install([deps.Missing("torch", "torch>=2.1", False)], lambda t, m: asked.append(m) or False)
+    assert "light-the-torch" in asked[0]
+
+    # the chain itself: each step a real child process; the second fails, the third never runs
+    import sys
+    import time
+
+    marker = tmp_path / "third-ran"
+    steps = [[sys.executable, "-c", "print('step one')"], [sys.executable, "-c", "import sys; print('two'); sys.exit(3)"],
+             [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]]
+    monkeypatch.setattr(deps.InstallJob, "commands", lambda self: [list(c) for c in steps])
+    job = deps.InstallJob(["x"], python=sys.executable).start()
+    deadline = time.monotonic() + 60
+    while not job.finished:
+        time.sleep(0.05)
+        assert time.monotonic() < deadline
+    assert job.returncode == 3 and not job.succeeded and not marker.exists()
+    assert "step one" in job.output() and "two" in job.output()
+    job.close()
+    steps[1] = [sys.executable, "-c", "print('two')"]
+    job = deps.InstallJob(["x"], python=sys.executable).start()
+    while not job.finished:
+        time.sleep(0.05)
+    assert job.succeeded and marker.exists()
+    job.close()
