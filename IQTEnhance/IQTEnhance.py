@@ -139,7 +139,8 @@ def _makeParameterNodeClass():
     annotations = {
         "inputVolume": vtkMRMLScalarVolumeNode,
         "method": Annotated[str, Choice(methods)],
-        "modelPath": str,                          # "" = the method's default shipped model
+        "modelPath": str,                          # "" or "auto": the shipped model for the scan (factor, contrast)
+        "contrast": Annotated[str, Choice([c for c, _label in panel.CONTRAST_ENTRIES])],
         "device": Annotated[str, Choice(list(DEVICES))],  # not device_entries(): no torch import at start-up
         "outputVolume": vtkMRMLScalarVolumeNode,   # None = create a new volume
         "trustMap": bool,
@@ -148,7 +149,7 @@ def _makeParameterNodeClass():
     }
     namespace = {"__module__": __name__, "__doc__": "IQTEnhance panel state, saved with the scene.",
                  "method": panel.default_method() if panel.default_method() in methods else methods[0],
-                 "modelPath": "", "device": "auto", "trustMap": False, "showResult": True,
+                 "modelPath": "", "contrast": "t1", "device": "auto", "trustMap": False, "showResult": True,
                  "compareMethods": ",".join(e.name for e in panel.method_entries()
                                             if e.ready and e.name not in panel.INTERPOLATION_METHODS)}
     for method, pack in OPTION_PACKS.items():
@@ -202,6 +203,9 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
         self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
+        for name, label in panel.CONTRAST_ENTRIES:
+            self.ui.contrastComboBox.addItem(_(label), name)
+        self.ui.contrastComboBox.connect("currentIndexChanged(int)", self.onContrastChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.compareMethodsList.connect("itemChanged(QListWidgetItem*)", self.onCompareListChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -357,6 +361,9 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._selectByData(self.ui.methodComboBox, method)
             self._selectByData(self.ui.deviceComboBox, p.device)
             self._fillModelComboBox(method, p.modelPath)
+            self._selectByData(self.ui.contrastComboBox, p.contrast)
+            automatic = self.ui.modelComboBox.visible and p.modelPath in ("", panel.AUTO_MODEL)
+            self.ui.contrastLabel.visible = self.ui.contrastComboBox.visible = automatic
             for name, (form, _widgets) in self._optionWidgets.items():
                 form.visible = name == method
             self.ui.noOptionsLabel.visible = method not in self._optionWidgets
@@ -422,6 +429,10 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.method = self.ui.methodComboBox.itemData(index)
             self._parameterNode.modelPath = ""
 
+    def onContrastChanged(self, index) -> None:
+        if self._parameterNode is not None and not self._updatingGui and index >= 0:
+            self._parameterNode.contrast = self.ui.contrastComboBox.itemData(index)
+
     def onDeviceChanged(self, index) -> None:
         if self._parameterNode is not None and not self._updatingGui and index >= 0:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
@@ -485,7 +496,7 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._rememberChoices(p.method, p.device, options)
         self._start(lambda **callbacks: self.logic.enhanceAsync(
             p.inputVolume, method=p.method, model=p.modelPath or None, device=p.device, outputNode=p.outputVolume,
-            trustMap=p.trustMap and bool(self._entry(p.method).extras), **callbacks, **options),
+            trustMap=p.trustMap and bool(self._entry(p.method).extras), contrast=p.contrast, **callbacks, **options),
             _("Enhancing '{name}' with {label}").format(name=p.inputVolume.GetName(),
                                                          label=self._entry(p.method).label), [p.method])
 
@@ -629,10 +640,12 @@ class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
 
     # -- blocking ---------------------------------------------------------------------------------
     def enhance(self, inputNode, method: str = "srep", model=None, device: str = "auto", outputNode=None,
-                trustMap: bool = False, showResult: bool = False, progress=None, cancel=None, **options):
+                trustMap: bool = False, showResult: bool = False, progress=None, cancel=None, contrast: str = "t1",
+                **options):
         """Enhance ``inputNode`` and return the new (or given ``outputNode``) volume node.  Blocking.
 
-        ``model``: None (the shipped default), a file path; ``device``: "auto", "cpu" or "cuda";
+        ``model``: None or "auto" (the shipped model of ``contrast``, "t1" or "t2", whose factor matches
+        the scan's spacing), a file path, or "self" (learned from the scan); ``device``: "auto", "cpu" or "cuda";
         ``options``: the method's parameters (names as in ``IQTEnhanceLib.methods``);
         ``progress(fraction, message)`` and ``cancel() -> bool`` as in the engine (a cancel raises
         ``CancelledError`` and adds no node).
@@ -640,7 +653,7 @@ class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
         """
         self.ensureDependencies([method])
         outputs = self._core().enhance_outputs(inputNode, method, model, device, outputNode, extras=trustMap,
-                                               progress=progress, cancel=cancel, **options)
+                                               progress=progress, cancel=cancel, contrast=contrast, **options)
         if showResult:
             self.showResults(inputNode, [o.node for o in outputs])
         return outputs[0].node
@@ -657,7 +670,7 @@ class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
     # -- non-blocking -------------------------------------------------------------------------------
     def enhanceAsync(self, inputNode, method: str = "srep", model=None, device: str = "auto", outputNode=None,
                      trustMap: bool = False, onProgress=None, onFinished=None, onError=None, onCancelled=None,
-                     **options):
+                     contrast: str = "t1", **options):
         """Start in a worker process and return at once; a QTimer polls it on the main thread.
 
         ``onProgress(update)`` (update.fraction, .message, .remaining seconds), ``onFinished(outputs)``
@@ -668,7 +681,7 @@ class IQTEnhanceLogic(ScriptedLoadableModuleLogic):
         self.ensureDependencies([method])
         run = self._core().start_enhance(inputNode, method, model, device, outputNode, extras=trustMap,
                                          on_progress=onProgress, on_finished=onFinished, on_error=onError,
-                                         on_cancelled=onCancelled, **options)
+                                         on_cancelled=onCancelled, contrast=contrast, **options)
         return run.drive(self._pollTimer())
 
     def compareAsync(self, inputNode, methods, device: str = "auto", onProgress=None, onFinished=None,
@@ -899,6 +912,9 @@ class IQTEnhanceTest(ScriptedLoadableModuleTest):
             self.delayDisplay(f"  Apply {method}")
             parameterNode.method = method
             parameterNode.modelPath = ""
+            # the contrast choice shows with the automatic model choice, for methods with models only
+            self.assertEqual(widget.ui.contrastComboBox.visible, widget.ui.modelComboBox.visible)
+            parameterNode.contrast = "t1"
             self.assertTrue(widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip)
             widget.ui.applyButton.click()
             self.assertEqual(widget.ui.applyButton.text, "Cancel")

@@ -19,12 +19,17 @@ NAME = "srep_t1_x4"
 INFERENCE_LAM = 0.1
 
 
-def card(model, path):
-    p, t = model.params, model.training
-    lines = [f"- Formulation `{p.get('formulation')}`: {p.get('atoms', '?')} atoms; λ {p.get('lam')} in training, "
+def model_lines(model) -> list:
+    p = model.params
+    return [f"- Formulation `{p.get('formulation')}`: {p.get('atoms', '?')} atoms; λ {p.get('lam')} in training, "
              f"{p.get('inference_lam', p.get('lam'))} at inference (option `lam` overrides it); the LQ patch is "
              "sparse-coded on D_l (exact lasso), the HQ patch rebuilt from the same code with D_h, overlapping "
              "patches averaged; optional trust map = RMS LQ coding residual per patch."]
+
+
+def card(model, path):
+    t = model.training
+    lines = model_lines(model)
     training = [f"- Data: {t.get('data')}; LQ simulated along i, j and k at a fixed SNR 20 (Gaussian slice profile "
                 f"FWHM 4 voxels, no contrast change); seed {t.get('seed')}; "
                 f"{t.get('train_seconds_total', t.get('train_seconds', '?'))} s on 2 shared CPU cores.",
@@ -36,9 +41,14 @@ def card(model, path):
 
 def train(args):
     name = NAME if args.formulation == "ridge-residual" else f"srep_{args.formulation}_t1_x4"
-    model = shipping.train("srep", name, args.seed, simulation=SimulationParameters(snr=20.0),
-                           formulation=args.formulation)
-    if args.formulation == "ridge-residual":
+    return train_model(name, args.seed, formulation=args.formulation)
+
+
+def train_model(name: str, seed: int, factor: int = 4, contrast: str = "t1", formulation: str = "ridge-residual"):
+    """The recipe at any factor and contrast (the model zoo uses it too)."""
+    model = shipping.train("srep", name, seed, factor=factor, contrast=contrast,
+                           simulation=SimulationParameters(snr=20.0), formulation=formulation)
+    if formulation == "ridge-residual":
         model.params["inference_lam"] = INFERENCE_LAM
     return model
 

@@ -156,26 +156,28 @@ class EnhanceLogic:
     # -- requests ---------------------------------------------------------------------------------
     @staticmethod
     def request(method: str, model=None, device: str = "auto", *, extras: bool = False, factor=None,
-                axis=None, **options) -> EnhanceRequest:
+                axis=None, contrast=None, **options) -> EnhanceRequest:
         return EnhanceRequest(method, model=model, device=device, options=options, factor=factor, axis=axis,
-                              extras=extras)
+                              extras=extras, contrast=contrast)
 
     # -- blocking -------------------------------------------------------------------------------
     def enhance(self, input_node, method: str = "srep", model=None, device: str = "auto", output_node=None, *,
                 extras: bool = False, factor=None, axis=None, progress: Optional[Callable] = None,
-                cancel: Optional[Callable] = None, **options):
+                cancel: Optional[Callable] = None, contrast=None, **options):
         """Enhance ``input_node`` and return the output volume node (blocking, in this thread).
 
         ``progress(fraction, message)`` and ``cancel()`` as in the engine; a cancel raises
-        :class:`~IQTEnhanceLib.errors.CancelledError` and adds no node.
+        :class:`~IQTEnhanceLib.errors.CancelledError` and adds no node.  ``model`` None or "auto":
+        the shipped model of ``contrast`` (t1, t2) whose factor matches the scan's spacing.
         """
         return self.enhance_outputs(input_node, method, model, device, output_node, extras=extras, factor=factor,
-                                    axis=axis, progress=progress, cancel=cancel, **options)[0].node
+                                    axis=axis, progress=progress, cancel=cancel, contrast=contrast, **options)[0].node
 
     def enhance_outputs(self, input_node, method: str = "srep", model=None, device: str = "auto",
                         output_node=None, *, extras: bool = False, factor=None, axis=None, progress=None,
-                        cancel=None, **options) -> list:
-        request = self.request(method, model, device, extras=extras, factor=factor, axis=axis, **options)
+                        cancel=None, contrast=None, **options) -> list:
+        request = self.request(method, model, device, extras=extras, factor=factor, axis=axis, contrast=contrast,
+                               **options)
         task = EnhanceTask(self.scene, input_node, [request], output_node)
         return task.finish(task.run(progress, cancel))
 
@@ -192,13 +194,14 @@ class EnhanceLogic:
     def start_enhance(self, input_node, method: str = "srep", model=None, device: str = "auto",
                       output_node=None, *, extras: bool = False, factor=None, axis=None, on_progress=None,
                       on_finished=None, on_error=None, on_cancelled=None, backend: str = "process",
-                      worker_env: Optional[dict] = None, **options) -> AsyncRun:
+                      worker_env: Optional[dict] = None, contrast=None, **options) -> AsyncRun:
         """Start in a worker process (``backend="thread"``: a thread); call :meth:`AsyncRun.pump` on
         the main thread until it returns False.
 
         Input errors are raised here, synchronously, before anything starts.
         """
-        request = self.request(method, model, device, extras=extras, factor=factor, axis=axis, **options)
+        request = self.request(method, model, device, extras=extras, factor=factor, axis=axis, contrast=contrast,
+                               **options)
         task = EnhanceTask(self.scene, input_node, [request], output_node)
         return AsyncRun(task, on_progress=on_progress, on_finished=on_finished, on_error=on_error,
                         on_cancelled=on_cancelled, name=f"IQTEnhance {method}", backend=backend,

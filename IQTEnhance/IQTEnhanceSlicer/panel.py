@@ -26,6 +26,9 @@ from IQTEnhanceLib.models import shipped_models, shipped_models_dir
 INTERPOLATION_METHODS = ("nearest", "trilinear", "bspline")
 LOAD_MODEL_ITEM = "Load model file…"
 LEARN_ITEM = "Learn from this scan"
+AUTO_ITEM = "Automatic: the shipped model for the scan's slices and contrast"
+AUTO_MODEL = "auto"
+CONTRAST_ENTRIES = (("t1", "T1-weighted"), ("t2", "T2-weighted"))
 
 
 # -- methods ----------------------------------------------------------------------------------
@@ -173,21 +176,24 @@ class ModelEntry:
 
 
 def model_entries(method: str, extra_paths=()) -> list:
-    """Shipped models of ``method`` (default first), "Learn from this scan" where the method can, the
-    user's loaded files, then "Load model file…".  Empty for methods without a model."""
+    """"Automatic" (the default: the shipped model whose factor matches the scan's spacing, of the
+    chosen contrast), the shipped models of ``method`` (its default first), "Learn from this scan" where
+    the method can, the user's loaded files, then "Load model file…".  Empty for methods without a model."""
     try:
         spec = get_method(method)
     except IQTError:
         return []
     if not spec.needs_model:
         return []
-    entries = []
-    for m in sorted(shipped_models(method), key=lambda e: (not e.get("default"), e["name"])):
-        tip = f"×{m['factor']}, trained on {m.get('training_data') or '?'}"
+    shipped = sorted(shipped_models(method), key=lambda e: (not e.get("default"), e["name"]))
+    entries = [ModelEntry(AUTO_ITEM, AUTO_MODEL, "of the contrast chosen below, the shipped model whose factor "
+                          "matches the scan's slice spacing ÷ in-plane spacing (the method's default model when "
+                          "none matches)", True)] if shipped else []
+    for m in shipped:
+        tip = f"×{m['factor']}, {m.get('contrast', 't1').upper()}, trained on {m.get('training_data') or '?'}"
         if m.get("model_card"):
             tip += f"\n{m['model_card']}"
-        entries.append(ModelEntry(f"{m['name']} (×{m['factor']})", str(shipped_models_dir() / m["file"]), tip,
-                                  bool(m.get("default"))))
+        entries.append(ModelEntry(f"{m['name']} (×{m['factor']})", str(shipped_models_dir() / m["file"]), tip))
     from IQTEnhanceLib.selfsup import SELF, SELF_METHODS
 
     if method in SELF_METHODS:
@@ -195,7 +201,7 @@ def model_entries(method: str, extra_paths=()) -> list:
                                   "enhance it: for contrasts and slice thicknesses no shipped model knows "
                                   "(the factor follows the scan's spacing)"))
     for path in extra_paths:
-        if path == SELF:
+        if path in (SELF, AUTO_MODEL):
             continue
         if path and all(e.path != str(path) for e in entries):
             entries.append(ModelEntry(str(path).replace("\\", "/").rsplit("/", 1)[-1], str(path), str(path)))

@@ -34,6 +34,7 @@ class EnhanceRequest:
 
     ``model``: None (the method's shipped default), a path, or a :class:`ModelFile`.
     ``extras``: also make the method's extra maps (e.g. the SRep trust map) as volume nodes.
+    ``contrast``: the scan's contrast (t1, t2; None: t1) for the automatic model choice.
     """
 
     method: str
@@ -43,6 +44,7 @@ class EnhanceRequest:
     factor: Optional[int] = None
     axis: Optional[str] = None
     extras: bool = False
+    contrast: Optional[str] = None
 
     def validate(self, volume: Volume, source: str = "input") -> None:
         """Fail fast, on the main thread, for what the engine would reject only later: the engine's
@@ -54,7 +56,7 @@ class EnhanceRequest:
             raise InputError(f"method {self.method} makes no extra maps (such as a trust map)")
         planned = api.plan(volume, self.method, model=self.model, factor=self.factor, axis=self.axis,
                            device=self.device, options=self.engine_options(spec), probe_device="torch" in sys.modules,
-                           source=source)
+                           source=source, contrast=self.contrast)
         # the model is loaded once, here; the thread backend uses the loaded file, the worker its path
         # ("self": learned from the scan in the worker)
         self.model = "self" if planned.learn_from_scan else planned.model

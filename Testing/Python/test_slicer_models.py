@@ -90,3 +90,25 @@ def test_the_panel_lists_a_loaded_model_file(model_path):
     entries = panel.model_entries(METHOD, [str(model_path)])
     assert [e.label for e in entries][-2:] == ["linear-test.iqtm", panel.LOAD_MODEL_ITEM]
     assert panel.input_problems(object(), METHOD, str(model_path), "cpu") == []
+
+
+def test_the_automatic_model_choice_follows_the_panels_contrast(colin, model_path, monkeypatch, tmp_path):
+    """The panel's "Automatic" model with its Contrast choice: the Logic passes the contrast to the
+    engine's choice of shipped model (here a T2 ×4 entry holding the test model)."""
+    import shutil
+
+    from IQTEnhanceLib import models
+
+    shutil.copy(models.default_model_path(METHOD), tmp_path / "t1.iqtm")
+    shutil.copy(model_path, tmp_path / "t2.iqtm")
+    entries = [{"name": "t1", "method": METHOD, "factor": 4, "file": "t1.iqtm", "default": True},
+               {"name": "t2", "method": METHOD, "factor": 4, "file": "t2.iqtm", "default": False, "contrast": "t2"}]
+    monkeypatch.setattr(models, "shipped_manifest", lambda: entries)
+    monkeypatch.setattr(models, "shipped_models_dir", lambda: tmp_path)
+    s = scene()
+    node = add_lq_node(s, colin[0], AXIS_ALIGNED_RAS)
+    used = {}
+    for contrast in ("t1", "t2"):
+        [out] = EnhanceLogic(s).enhance_outputs(node, METHOD, model=panel.AUTO_MODEL, device="cpu", contrast=contrast)
+        used[contrast] = out.info["model"]
+    assert used == {"t1": models.load_model(tmp_path / "t1.iqtm").name, "t2": "linear-test"}

@@ -81,21 +81,25 @@ def test_model_entries_list_shipped_models_then_loaded_then_load_item(tmp_path):
     from IQTEnhanceLib.selfsup import SELF_METHODS
 
     for method in available_methods():
-        entries = panel.model_entries(method, extra_paths=[str(tmp_path / "mine.iqtm"), "self"])
+        entries = panel.model_entries(method, extra_paths=[str(tmp_path / "mine.iqtm"), "self", "auto"])
         if not get_method(method).needs_model:
             assert entries == []
             continue
         shipped = shipped_models(method)
         learn = method in SELF_METHODS
-        assert len(entries) == len(shipped) + 2 + learn
+        automatic = bool(shipped)
+        assert len(entries) == automatic + len(shipped) + 2 + learn
         assert entries[-1].label == panel.LOAD_MODEL_ITEM and entries[-1].path == ""
         assert entries[-2].label == "mine.iqtm"
         if learn:   # "Learn from this scan" once, after the shipped models
             assert entries[-3].label == panel.LEARN_ITEM and entries[-3].path == "self"
-        for e in entries[:len(shipped)]:
+        if automatic:   # "Automatic" first and the panel's default; then the method's default model
+            assert entries[0].path == panel.AUTO_MODEL and entries[0].default
+            assert [e.default for e in entries].count(True) == 1
+            default = [m["file"] for m in shipped if m.get("default")]
+            assert not default or Path(entries[1].path).name == default[0]
+        for e in entries[automatic:automatic + len(shipped)]:
             assert Path(e.path).exists()
-        if shipped:
-            assert entries[0].default or not any(m.get("default") for m in shipped)
 
 
 def test_gpu_item_is_disabled_with_the_reason_when_unavailable():
