@@ -31,6 +31,7 @@ from .volume import Volume
 
 SELF = "self"
 SELF_METHODS = ("linear", "srep")
+SREP_INFERENCE_LAM = 0.1
 
 # Small enough for a whole brain in well under two minutes on 2 cores, large enough to fit the map:
 # one scan offers far fewer distinct patches than a template at every axis and noise level.
@@ -83,6 +84,10 @@ def learn(canonical: np.ndarray, method: str, factor: int, reporter, seed: int =
     model = api.train(method, [volume], factor=factor, seed=seed, axes=("j", "i"),
                       simulation=SimulationParameters(factor=factor, snr=snr, seed=seed),
                       progress=reporter, data_names=["this scan's own in-plane axes"], **train_options)
+    if method == "srep":
+        # the shipped SRep's choice, measured here too (Colin27 ×4, whole brain, learned from the scan):
+        # NRMSE 0.0613 at the training λ 0.05 and 0.0614 at 0.1, which codes in 0.75x the time
+        model.params["inference_lam"] = SREP_INFERENCE_LAM
     model.name = f"{method}_self_x{factor}"
     model.training["learned_from_scan"] = True
     model.training["learn_seconds"] = round(time.perf_counter() - started, 1)

@@ -48,7 +48,8 @@ FORMULATIONS = ("ridge-residual", "residual", "joint")
 ENHANCE_OPTIONS = (
     MethodOption("lam", float, 0.0, "sparsity weight λ of the lasso (0: the model's inference λ)", minimum=0.0),
     MethodOption("stride_inplane", int, 2,
-                 "in-plane step between patches in LQ voxels (1: every position, slower, slightly better)", minimum=1),
+                 "in-plane step between patches in LQ voxels (1: every position, slower, slightly better; "
+                 "a model learned from the scan codes every row of its line patches, stepping along them)", minimum=1),
     MethodOption("stride_thick", int, 1, "step between patches along the thick axis in LQ voxels", minimum=1),
     MethodOption("solver", str, "auto",
                  "lasso solver: auto = homotopy (exact, torch, CPU and GPU); fista (approximate); spams "
@@ -179,6 +180,11 @@ def enhance(lq, factor, model, device, reporter, **options):
                          f"the model's {'×'.join(map(str, m.lq_patch))} patch")
     lam = options["lam"] or m.lam
     stride = (options["stride_thick"], options["stride_inplane"], options["stride_inplane"])
+    if m.lq_patch[1] == 1 < m.lq_patch[2]:
+        # a line patch (learned from the scan) covers one row: stepping over rows leaves half of them
+        # to the other plane alone.  Colin27 ×4, srep learned from the scan, whole brain: NRMSE 0.0700
+        # with every other row skipped, 0.0614 with every row (stride 3 along the rows: 0.0616)
+        stride = (stride[0], 1, stride[2])
     batch_size = options["batch_size"]
     coder = Coder(m, lam, options["solver"], device, options["max_iter"], options["tol"])
     want_trust = bool(options["trust_map"])
