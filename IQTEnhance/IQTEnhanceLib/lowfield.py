@@ -94,15 +94,16 @@ def contrast_factors(array: np.ndarray, memberships: np.ndarray, mask: np.ndarra
 
 
 def lowfield_parameters(hq: np.ndarray, mask: Optional[np.ndarray], contrast: LowFieldContrast, factor: int,
-                        axis: str, seed: int = 0, profile: str = "gaussian", thickness=None):
+                        axis: str, seed: int = 0, profile: str = "gaussian", thickness=None, memberships=None):
     """(:class:`.simulate.SimulationParameters`, record) for a low-field LQ of ``hq``: the per-class
-    factors of ``contrast`` and the foreground SNR that gives its white-matter SNR."""
+    factors of ``contrast`` and the foreground SNR that gives its white-matter SNR.  ``memberships``:
+    the HQ's tissue memberships when the caller has them (training draws many contrasts per volume)."""
     from .simulate import SimulationParameters, foreground_mask, tissue_memberships
 
     contrast = contrast.validate()
     array = np.asarray(hq, dtype=np.float32)
     mask = foreground_mask(array) if mask is None else mask.astype(bool)
-    memberships = tissue_memberships(array, mask)
+    memberships = tissue_memberships(array, mask) if memberships is None else memberships
     means = class_means(array, memberships, mask)
     factors = contrast_factors(array, memberships, mask, target_means(means, contrast))
     changed = array.astype(np.float64) * np.tensordot(np.asarray(factors), memberships.astype(np.float64), axes=1)

@@ -73,6 +73,11 @@ class ParameterRanges:
     snr: tuple = (10.0, 40.0)
     thickness_scale: tuple = (0.8, 1.2)
     contrast: tuple = (0.85, 1.15)
+    # the share of realizations drawn from a low-field tissue-contrast model instead (contrast and
+    # SNR from ``lowfield``, a :class:`.lowfield.LowFieldRanges`; thickness as above).  0: none, and
+    # the draws of every other realization are as without it
+    lowfield_share: float = 0.0
+    lowfield: Optional[object] = None
 
 
 def sample_parameters(factor: int, axis: str, rng: np.random.Generator,

@@ -63,13 +63,22 @@ class TrainingPairs:
     @property
     def simulation_record(self) -> dict:
         if isinstance(self.simulation, ParameterRanges):
-            return {"mode": "stochastic", **dataclasses.asdict(self.simulation), "axes": list(self.axes)}
+            record = {"mode": "stochastic", **dataclasses.asdict(self.simulation), "axes": list(self.axes)}
+            if self.simulation.lowfield_share > 0 and self.simulation.lowfield is None:
+                from .lowfield import LowFieldRanges
+
+                record["lowfield"] = dataclasses.asdict(LowFieldRanges())
+            return record
         return {"mode": "fixed", **self.simulation.to_dict(), "axes": list(self.axes)}
 
     def realize(self, volume_index: int, axis: str, rng: np.random.Generator) -> Realization:
         """Simulate one LQ version of HQ volume ``volume_index`` with thick ``axis``."""
         f = self.factor
-        if isinstance(self.simulation, ParameterRanges):
+        lowfield_record = None
+        if isinstance(self.simulation, ParameterRanges) and self.simulation.lowfield_share > 0 and \
+                rng.uniform() < self.simulation.lowfield_share:
+            params, lowfield_record = self._lowfield_parameters(volume_index, axis, rng)
+        elif isinstance(self.simulation, ParameterRanges):
             params = sample_parameters(f, axis, rng, self.simulation)
         else:
             params = dataclasses.replace(self.simulation, factor=f, axis=axis,
@@ -89,7 +98,34 @@ class TrainingPairs:
         hq_c = np.ascontiguousarray(to_canonical(hq, ax)) / np.float32(scale)
         hq_mask = np.ascontiguousarray(to_canonical(mask, ax))
         lq_mask = hq_mask.reshape(hq_mask.shape[0] // f, f, *hq_mask.shape[1:]).mean(axis=1) > 0.5
-        return Realization(lq_c.astype(np.float32), hq_c.astype(np.float32), lq_mask, hq_mask, params.to_dict())
+        record = params.to_dict()
+        if lowfield_record is not None:
+            record["lowfield"] = lowfield_record
+        return Realization(lq_c.astype(np.float32), hq_c.astype(np.float32), lq_mask, hq_mask, record)
+
+    def _lowfield_parameters(self, volume_index: int, axis: str, rng: np.random.Generator) -> tuple:
+        """A low-field draw (:mod:`.lowfield`) for one realization: contrast and SNR from the ranges'
+        low-field model, thickness from its thickness range; tissue memberships computed once per volume."""
+        from .lowfield import LowFieldRanges, lowfield_parameters
+
+        r = self.simulation
+        contrast = (r.lowfield or LowFieldRanges()).draw(rng)
+        thickness = float(self.factor * rng.uniform(*r.thickness_scale))
+        seed = int(rng.integers(0, 2**31 - 1))
+        params, record = lowfield_parameters(self.hq[volume_index], self.masks[volume_index], contrast, self.factor,
+                                             axis, seed=seed, thickness=thickness,
+                                             memberships=self._memberships(volume_index))
+        keep = ("gm_wm", "csf_gm", "snr_wm", "wm_gm_ratio_hq", "wm_gm_ratio_lq")
+        return params, {k: record[k] for k in keep}
+
+    def _memberships(self, volume_index: int):
+        from .simulate import tissue_memberships
+
+        cache = self.__dict__.setdefault("_membership_cache", {})
+        if volume_index not in cache:
+            cache[volume_index] = tissue_memberships(np.asarray(self.hq[volume_index], dtype=np.float32),
+                                                     self.masks[volume_index].astype(bool))
+        return cache[volume_index]
 
     def fixed(self, per_volume_axis: int = 1) -> list:
         """A deterministic list of realizations (``per_volume_axis`` per volume and axis), cached."""

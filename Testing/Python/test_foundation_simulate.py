@@ -252,3 +252,31 @@ def test_cli_simulates_lowfield_and_records_it(colin, tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "hq.nii.gz"), str(tmp_path / "lq2.nii.gz"), "--lowfield",
                  "--snr", "20", "-q"]) == 2
     assert "--lowfield sets the contrast and the SNR" in capsys.readouterr().err
+
+
+def test_training_ranges_can_draw_low_field_realizations(icbm_t1):
+    """A share of training realizations drawn from the low-field model: their LQ loses WM/GM contrast
+    as drawn (recorded per realization), the others are plain draws, and with the share at 0 the draws
+    are exactly as before the option existed."""
+    from IQTEnhanceLib.lowfield import LowFieldRanges
+    from IQTEnhanceLib.simulate import ParameterRanges
+    from IQTEnhanceLib.training import make_training_pairs
+
+    image, mask = icbm_t1
+    ranges = ParameterRanges(lowfield_share=0.5, lowfield=LowFieldRanges(gm_wm=(0.3, 0.4), csf_gm=(0.0, 0.1),
+                                                                         snr_wm=(15.0, 20.0)))
+    pairs = make_training_pairs([image], [mask], factor=4, seed=3, simulation=ranges, axes=("k",))
+    reals = pairs.fixed(6)
+    low = [r.params["lowfield"] for r in reals if "lowfield" in r.params]
+    assert 0 < len(low) < 6
+    for rec in low:
+        assert 0.3 <= rec["gm_wm"] <= 0.4 and 15 <= rec["snr_wm"] <= 20
+        # the GM/WM difference shrinks by the drawn share (the ratio's excess over 1 a little more:
+        # the brighter GM divides it)
+        kept = (rec["wm_gm_ratio_lq"] - 1) / (rec["wm_gm_ratio_hq"] - 1)
+        assert 0.85 * (1 - rec["gm_wm"]) < kept <= (1 - rec["gm_wm"]) * 1.001
+    assert pairs.simulation_record["lowfield_share"] == 0.5 and pairs.simulation_record["lowfield"]["gm_wm"] == (0.3, 0.4)
+    plain = make_training_pairs([image], [mask], factor=4, seed=3, simulation=ParameterRanges(), axes=("k",))
+    again = make_training_pairs([image], [mask], factor=4, seed=3,
+                                simulation=ParameterRanges(lowfield_share=0.0), axes=("k",))
+    assert [r.params for r in plain.fixed(2)] == [r.params for r in again.fixed(2)]

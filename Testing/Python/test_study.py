@@ -322,3 +322,66 @@ def test_lowfield_case_lowers_the_measured_wm_gm_contrast(colin):
     after = class_means(apply_contrast(image.array, brain, params.contrast), p, brain)
     assert (after[2] - after[1]) / (before[2] - before[1]) == pytest.approx(1 - case.lowfield[0], abs=2e-3)
     assert "low-field T1w" in case.describe(4)
+
+
+def test_rows_learned_from_each_scan(tmp_path):
+    """``linear-self`` (and ``srep-self``): learned from each case's LQ scan, no model file; recorded
+    as such, and better than trilinear on the fixture case (the learning runs per case)."""
+    from IQTEnhanceApps import cli
+
+    out = tmp_path / "self"
+    code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "trilinear", "linear-self",
+                     "--cases", "in_distribution", "--no-figures", "-q"])
+    assert code == 0
+    saved = json.loads((out / "results.json").read_text())
+    entry = next(m for m in saved["methods"] if m["name"] == "linear-self")
+    assert entry["engine_method"] == "linear" and entry["model_sha256"] is None
+    assert entry["training_data"] == "the case's own LQ scan" and "learned from" in entry["model"]
+    _, rows = _table_rows((out / "README.md").read_text(), "### NRMSE in the brain mask")
+    assert float(rows["`linear-self`"][0].strip("*")) < float(rows["`trilinear`"][0].strip("*"))
+    from IQTEnhanceApps.study.runner import resolve_methods
+
+    runs, missing = resolve_methods(["srep-self"])
+    assert not missing and runs[0].model == "self" and runs[0].method == "srep"
+
+
+def test_one_training_protocol_for_every_learned_row(icbm_t1, tmp_path):
+    """Models trained under one protocol (here linear and the paper's SRep, two seeds each, small):
+    each records the same protocol, the study takes the folder (two replicates per row, their mean
+    ± sd in the tables), says which rows follow the protocol, and refuses a folder that mixes
+    protocols."""
+    import dataclasses
+
+    from IQTEnhanceApps import cli
+    from IQTEnhanceApps.study.protocol import STUDY_PROTOCOL, protocol_models, train_protocol_models
+    from IQTEnhanceLib.errors import InputError
+    from IQTEnhanceLib.models import load_model
+
+    folder = tmp_path / "protocol"
+    small = {"linear": {"samples": 3000, "realizations": 1},
+             "srep-paper": {"atoms": 32, "iterations": 10, "samples": 3000, "dl_batch": 64}}
+    paths = train_protocol_models(STUDY_PROTOCOL, ["linear", "srep-paper"], [0, 1], folder, volumes=[icbm_t1],
+                                  options=small, log=lambda *a: None)
+    records = [load_model(p).training["protocol"] for p in paths]
+    assert all(r == records[0] for r in records) and records[0]["name"] == STUDY_PROTOCOL.name
+    assert records[0]["simulation"]["lowfield_share"] > 0
+    rows, protocol = protocol_models(folder)
+    assert {k: len(v) for k, v in rows.items()} == {"linear": 2, "srep-paper": 2} and protocol == records[0]
+
+    out = tmp_path / "study"
+    code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "trilinear", "linear",
+                     "srep-paper", "--cases", "in_distribution", "--no-figures", "-q", "--protocol-models", str(folder)])
+    assert code == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["training_protocol"] == protocol
+    for row in ("linear", "srep-paper"):
+        entry = next(m for m in saved["methods"] if m["name"] == row)
+        assert entry["protocol"] == STUDY_PROTOCOL.name and entry["replicates"] == 2
+        assert len({r["model_sha256"] for r in saved["records"] if r["method"] == row}) == 2
+    report = (out / "README.md").read_text()
+    assert f"Training protocol `{STUDY_PROTOCOL.name}`" in report and "±" in report
+
+    other = dataclasses.replace(STUDY_PROTOCOL, name="another")
+    train_protocol_models(other, ["linear"], [5], folder, volumes=[icbm_t1], options=small, log=lambda *a: None)
+    with pytest.raises(InputError, match="different protocols"):
+        protocol_models(folder)

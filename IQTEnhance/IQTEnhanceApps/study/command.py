@@ -38,6 +38,9 @@ def register(subparsers, request=None) -> None:
                    help="use this model file instead of the method's shipped default; repeat a METHOD with "
                         "other files for independently trained replicates (tables: mean ± sd over replicates "
                         "and seeds)")
+    q.add_argument("--protocol-models", type=Path, metavar="DIR",
+                   help="the models of a folder written by Tools/train_protocol.py (one training protocol for "
+                        "every learned row, several seeds each); --model entries come on top")
     q.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="noise/lesion seeds (default: 0; --full: 0 1 2)")
     q.add_argument("--fixtures", action="store_true",
                    help="run on the small committed crops in Testing/Data (a smoke run in seconds)")
@@ -56,7 +59,11 @@ def cli_quality(args) -> int:
         rerender(args.out)
         print(f"report: {Path(args.out) / 'README.md'} (re-rendered)")
         return 0
-    models = {}
+    models, protocol = {}, None
+    if args.protocol_models:
+        from IQTEnhanceApps.study.protocol import protocol_models
+
+        models, protocol = protocol_models(args.protocol_models)
     for item in args.model or []:
         if "=" not in item:
             raise InputError(f"--model takes METHOD=PATH (got {item!r})")
@@ -72,7 +79,8 @@ def cli_quality(args) -> int:
     seeds = tuple(args.seeds) if args.seeds else ((0, 1, 2) if args.full else (0,))
     command = "iqt-enhance benchmark quality" + (" --full" if args.full else "") + (" --fixtures" if args.fixtures else "")
     config = StudyConfig(out_dir=args.out, cases=cases, methods=args.methods, models=models, seeds=seeds,
-                         device=args.device, fixtures=args.fixtures, figures=not args.no_figures, command=command)
+                         device=args.device, fixtures=args.fixtures, figures=not args.no_figures, command=command,
+                         protocol=protocol)
 
     def log(message):
         if not args.quiet:

@@ -23,7 +23,8 @@ TIE_NRMSE_PERCENT = 1.0   # % of DL's NRMSE
 TIE_DROP_POINTS = 0.5     # percentage points of gain over trilinear
 TIE_PULL_POINTS = 1.0     # percentage points of pull to the training mean
 PAPER_SREP = "srep-paper"                 # the paper's joint-dictionary SRep, beside the shipped hybrid
-STUDY_ORDER = ("nearest", "trilinear", "bspline", "linear", "forest", "srep", PAPER_SREP, "ddl", "dl")
+SELF_ROWS = ("linear-self", "srep-self")  # learned from each case's LQ scan alone (model "self")
+STUDY_ORDER = ("nearest", "trilinear", "bspline", "linear", "forest", "srep", PAPER_SREP, "ddl", "dl") + SELF_ROWS
 
 
 # ---------------------------------------------------------------------------------------------

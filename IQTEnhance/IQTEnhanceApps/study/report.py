@@ -114,9 +114,25 @@ def _setup_section(results: dict) -> list:
          "lies inside these). The study only loads models; it trains nothing.",
          f"- Training mean intensity (normalised units, used by the regression-to-the-mean measure): "
          f"{results['mu_train']:.3f}.\n"]
+    protocol = results.get("training_protocol")
+    if protocol:
+        sim = protocol["simulation"]
+        low = sim.get("lowfield") or {}
+        L.insert(-1, f"- **Training protocol `{protocol['name']}`** for the rows marked with it below: "
+                     f"`{protocol['dataset']}`, ×{protocol['factor']} along {', '.join(protocol['axes'])}; SNR "
+                     f"{sim['snr'][0]:g}-{sim['snr'][1]:g}, thickness {sim['thickness_scale'][0]:g}-"
+                     f"{sim['thickness_scale'][1]:g}× the factor, contrast factors {sim['contrast'][0]:g}-"
+                     f"{sim['contrast'][1]:g}"
+                     + (f"; {100 * sim['lowfield_share']:.0f}% of the realizations low-field (GM/WM difference "
+                        f"lost {low['gm_wm'][0]:g}-{low['gm_wm'][1]:g}, CSF/GM {low['csf_gm'][0]:g}-"
+                        f"{low['csf_gm'][1]:g}, WM SNR {low['snr_wm'][0]:g}-{low['snr_wm'][1]:g})"
+                        if sim.get("lowfield_share") else "")
+                     + ". Every model of those rows records this same protocol; the other rows use shipped "
+                       "models, each trained its own way.")
     rows = [[f"`{m['name']}`", m["label"], m["model"] + (f" and {m['replicates'] - 1} more replicate(s)"
                                                         if m.get("replicates", 1) > 1 else ""),
              m.get("training_data") or "-",
+             f"protocol `{m['protocol']}`" if m.get("protocol") else
              describe_training_simulation(m.get("training_simulation"))] for m in results["methods"]]
     L.append(_table(["method", "name", "model", "trained on", "training simulation"], rows))
     if results["missing"]:

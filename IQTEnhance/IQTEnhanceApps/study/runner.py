@@ -35,6 +35,7 @@ from IQTEnhanceLib.files import atomic_path, write_json_atomic, write_text_atomi
 from IQTEnhanceLib.metrics import evaluate_arrays
 from IQTEnhanceLib.normalize import intensity_scale
 from IQTEnhanceLib.progress import as_reporter
+from IQTEnhanceLib.selfsup import SELF
 from IQTEnhanceLib.simulate import ParameterRanges
 
 
@@ -62,6 +63,8 @@ class MethodRun:
     def describe_model(self) -> str:
         if self.model is None:
             return "-"
+        if isinstance(self.model, str):
+            return "learned from each case's LQ scan (its fine in-plane axes)"
         sha = (self.model.checksum or "")[:12]
         return f"{self.model.name} (sha256 {sha}…)"
 
@@ -70,6 +73,10 @@ class MethodRun:
 VARIANTS = {
     PAPER_SREP: ("srep", "IQT-SRep (paper)", "srep_joint_t1_x4",
                  "the paper's own formulation: joint coupled [LQ; HQ] dictionaries, no ridge part"),
+    "linear-self": ("linear", "Linear, learned from the scan", SELF,
+                    "no template: the regression learned from the case's own LQ scan"),
+    "srep-self": ("srep", "IQT-SRep, learned from the scan", SELF,
+                  "no template: the coupled dictionaries learned from the case's own LQ scan"),
 }
 
 
@@ -126,7 +133,9 @@ def resolve_methods(requested: Optional[list] = None, models: Optional[dict] = N
             continue
         spec = get_method(method)
         replicates = [None]
-        if spec.needs_model:
+        if name in VARIANTS and VARIANTS[name][2] == SELF:
+            replicates = [SELF]     # learned anew from every case's LQ scan
+        elif spec.needs_model:
             try:
                 replicates = _models_for(name, method, models)
             except ModelError as exc:
@@ -156,6 +165,7 @@ class StudyConfig:
     crop_margin: Optional[int] = 6
     figures: bool = True
     command: str = "iqt-enhance benchmark quality"
+    protocol: Optional[dict] = None      # the training protocol of the models given (study.protocol)
 
 
 def _figure_slice(data: CaseData) -> int:
@@ -268,7 +278,7 @@ class StudyRun:
         result, seconds = result
         output, truth = result.volume.array, data.hq.array
         rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
-               "model_sha256": run.model.checksum if run.model is not None else None}
+               "model_sha256": getattr(run.model, "checksum", None)}
         rec.update({k: v for k, v in evaluate_arrays(output, truth, data.mask).items() if k != "voxels"})
         rec.update(regression_to_mean(output, truth, data.mask, scale, self.mu_train))
         trust = next((v for k, v in result.extras.items() if "trust" in k), None)
@@ -296,12 +306,16 @@ class StudyRun:
             "command": config.command, "fixtures": config.fixtures, "seeds": list(config.seeds),
             "factor": config.factor, "axis": config.axis, "device": config.device,
             "training_dataset": TRAINING_DATASET, "training_ranges": dataclasses.asdict(ParameterRanges()),
-            "mu_train": self.mu_train,
+            "mu_train": self.mu_train, "training_protocol": config.protocol,
             "methods": [{"name": r.name, "label": r.label, "engine_method": r.method, "model": r.describe_model(),
-                         "model_sha256": r.model.checksum if r.model is not None else None,
+                         "model_sha256": getattr(r.model, "checksum", None),
                          "replicates": sum(1 for o in self.runs if o.name == r.name),
-                         "training_data": (r.model.training.get("data") if r.model is not None else None),
-                         "training_simulation": (r.model.training.get("simulation") if r.model is not None else None)}
+                         "training_data": (r.model.training.get("data") if hasattr(r.model, "training") else
+                                           "the case's own LQ scan" if r.model == SELF else None),
+                         "training_simulation": (r.model.training.get("simulation") if hasattr(r.model, "training")
+                                                 else None),
+                         "protocol": (r.model.training.get("protocol", {}).get("name")
+                                      if hasattr(r.model, "training") else None)}
                         for r in self.runs if r.replicate == 0],
             "missing": self.missing,
             "cases": [dict(name=c.name, **self.case_info[c.name]) for c in config.cases],
