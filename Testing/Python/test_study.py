@@ -174,8 +174,11 @@ def test_benchmark_smoke_run_reports_every_method_and_case(tmp_path):
     cases = [c.name for c in study.fixture_cases()]
     assert {"nearest", "trilinear", "bspline"} <= set(methods)
     for heading in ("### NRMSE in the brain mask", "### SSIM in the brain mask", "### PSNR in the brain mask",
-                    "### Regression to the training mean", "### Run time per case"):
+                    "### Regression to the training mean", "### Computational profile"):
         header, rows = _table_rows(report, heading)
+        if heading == "### Computational profile":   # seconds per case, then the peak memory
+            assert header[-1] == "peak RSS (MB)"
+            header, rows = header[:-1], {k: v[:-1] for k, v in rows.items()}
         assert header[1:] == [f"`{c}`" for c in cases], heading
         assert set(rows) == {f"`{m}`" for m in methods}, heading
         for m in methods:
@@ -385,3 +388,28 @@ def test_one_training_protocol_for_every_learned_row(icbm_t1, tmp_path):
     train_protocol_models(other, ["linear"], [5], folder, volumes=[icbm_t1], options=small, log=lambda *a: None)
     with pytest.raises(InputError, match="different protocols"):
         protocol_models(folder)
+
+
+def test_lambda_sweep_and_computational_profile(tmp_path):
+    """``--lambda-sweep``: the srep model coded at each λ as rows ``srep@λ`` and a λ table; every run
+    records its peak resident memory, and the profile table gives it per method."""
+    from IQTEnhanceApps import cli
+
+    out = tmp_path / "sweep"
+    code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "trilinear", "srep",
+                     "--cases", "in_distribution", "--no-figures", "-q", "--lambda-sweep", "0.02", "0.3"])
+    assert code == 0
+    saved = json.loads((out / "results.json").read_text())
+    by_row = {r["method"]: r for r in saved["records"]}
+    assert {"srep@0.02", "srep@0.3"} <= set(by_row)
+    assert by_row["srep@0.02"]["nrmse"] != by_row["srep@0.3"]["nrmse"]      # λ changes the codes
+    assert all(r["peak_rss_mb"] is None or r["peak_rss_mb"] > 10 for r in saved["records"])
+    report = (out / "README.md").read_text()
+    _, sweep = _table_rows(report, "### SRep λ sweep")
+    assert list(sweep) == ["0.02", "0.3"]
+    assert float(sweep["0.02"][0]) == pytest.approx(by_row["srep@0.02"]["nrmse"], abs=1e-4)
+    header, profile = _table_rows(report, "### Computational profile")
+    assert header[-1] == "peak RSS (MB)" and set(profile) == {"`trilinear`", "`srep`", "`srep@0.02`", "`srep@0.3`"}
+    import sys
+    if sys.platform.startswith("linux"):
+        assert float(profile["`srep`"][-1]) > 10

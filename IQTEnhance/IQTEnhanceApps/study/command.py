@@ -41,6 +41,9 @@ def register(subparsers, request=None) -> None:
     q.add_argument("--protocol-models", type=Path, metavar="DIR",
                    help="the models of a folder written by Tools/train_protocol.py (one training protocol for "
                         "every learned row, several seeds each); --model entries come on top")
+    q.add_argument("--lambda-sweep", nargs="+", type=float, metavar="LAMBDA", default=[],
+                   help="also code with the srep model at these λ (rows srep@λ and a λ table), e.g. "
+                        "0.001 0.01 0.05 0.1 0.2")
     q.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="noise/lesion seeds (default: 0; --full: 0 1 2)")
     q.add_argument("--fixtures", action="store_true",
                    help="run on the small committed crops in Testing/Data (a smoke run in seconds)")
@@ -80,7 +83,7 @@ def cli_quality(args) -> int:
     command = "iqt-enhance benchmark quality" + (" --full" if args.full else "") + (" --fixtures" if args.fixtures else "")
     config = StudyConfig(out_dir=args.out, cases=cases, methods=args.methods, models=models, seeds=seeds,
                          device=args.device, fixtures=args.fixtures, figures=not args.no_figures, command=command,
-                         protocol=protocol)
+                         protocol=protocol, lambda_sweep=tuple(args.lambda_sweep))
 
     def log(message):
         if not args.quiet:

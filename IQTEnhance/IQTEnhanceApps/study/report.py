@@ -70,7 +70,7 @@ def describe_training_simulation(record: Optional[dict]) -> str:
     return text + (f"; axes {axes}" if axes else "")
 
 
-METRICS = ("nrmse", "psnr", "ssim", "rtm_pull", "rtm_corr", "seconds", "lesion_nrmse", "contrast_kept",
+METRICS = ("nrmse", "psnr", "ssim", "rtm_pull", "rtm_corr", "seconds", "peak_rss_mb", "lesion_nrmse", "contrast_kept",
            "trust_error_corr")
 
 
@@ -174,9 +174,37 @@ def _results_section(results: dict, agg: dict) -> list:
         rows = [[f"`{m}`"] + [_cell(agg["trust_error_corr"], c, m, 2, signed=True) for c in case_names]
                 for m in methods if any((c, m) in agg["trust_error_corr"] for c in case_names)]
         L += [_table(["method"] + [f"`{c}`" for c in case_names], rows), ""]
-    L.append("### Run time per case (s, whole pipeline through `api.enhance`, this machine)\n")
-    rows = [[f"`{m}`"] + [_cell(agg["seconds"], c, m, 1) for c in case_names] for m in methods]
-    return L + [_table(["method"] + [f"`{c}`" for c in case_names], rows), ""]
+    L += _lambda_section(results, agg)
+    return L + _profile_section(results, agg)
+
+
+def _lambda_section(results: dict, agg: dict) -> list:
+    """The paper's λ check: srep coded at several λ (``--lambda-sweep``), in and out of distribution."""
+    sweep = sorted((float(m["name"].split("@", 1)[1]), m["name"]) for m in results["methods"] if "@" in m["name"])
+    if not sweep:
+        return []
+    case_names = [c["name"] for c in results["cases"]]
+    L = ["### SRep λ sweep (NRMSE; one model coded at each λ; mean support grows as λ falls)\n"]
+    rows = [[f"{lam:g}"] + [_cell(agg["nrmse"], c, name, 4) for c in case_names]
+            + [_cell(agg["seconds"], case_names[0], name, 1)] for lam, name in sweep]
+    return L + [_table(["λ"] + [f"`{c}`" for c in case_names] + [f"seconds (`{case_names[0]}`)"], rows), ""]
+
+
+def _profile_section(results: dict, agg: dict) -> list:
+    """Computational profile: per method, seconds per case (the whole pipeline through
+    ``api.enhance``) and the peak resident memory of the run, on this machine and device."""
+    methods = [m["name"] for m in results["methods"]]
+    case_names = [c["name"] for c in results["cases"]]
+    L = [f"### Computational profile (device `{results['device']}`, this machine)\n",
+         "Seconds per case (the whole pipeline through `api.enhance`), then the highest peak resident memory of "
+         "the study process over the method's runs (MB; the process holds the cases too, so this is an upper "
+         "bound of the method's own need):\n"]
+    rows = []
+    for m in methods:
+        peaks = [r["peak_rss_mb"] for r in results["records"] if r["method"] == m and r.get("peak_rss_mb")]
+        rows.append([f"`{m}`"] + [_cell(agg["seconds"], c, m, 1) for c in case_names]
+                    + [f"{max(peaks):.0f}" if peaks else "-"])
+    return L + [_table(["method"] + [f"`{c}`" for c in case_names] + ["peak RSS (MB)"], rows), ""]
 
 
 def _gain_section(results: dict, nrmse) -> list:

@@ -148,6 +148,44 @@ def resolve_methods(requested: Optional[list] = None, models: Optional[dict] = N
     return runs, missing
 
 
+def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None) -> list:
+    """Rows ``srep@λ``: the ``srep`` row's model (its first replicate, else the shipped one) coded at
+    each inference λ of ``lambdas``."""
+    if not lambdas:
+        return []
+    base = next((r for r in runs if r.name == "srep" and r.replicate == 0), None)
+    if base is None:
+        base = resolve_methods(["srep"], models)[0][0]
+    bad = [lam for lam in lambdas if not lam > 0]
+    if bad:
+        raise InputError(f"the λ sweep takes positive values (got {', '.join(map(str, bad))})")
+    return [MethodRun(f"srep@{lam:g}", f"IQT-SRep, λ = {lam:g}", base.model, dict(base.options, lam=float(lam)),
+                      base.trust_option, "srep") for lam in lambdas]
+
+
+def peak_rss_reset() -> bool:
+    """Reset this process's peak resident memory (Linux: /proc/self/clear_refs), so that each run's
+    peak can be read after it; False where the system cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> Optional[float]:
+    """The peak resident memory since the last reset (VmHWM), in MB; None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +204,7 @@ class StudyConfig:
     figures: bool = True
     command: str = "iqt-enhance benchmark quality"
     protocol: Optional[dict] = None      # the training protocol of the models given (study.protocol)
+    lambda_sweep: tuple = ()             # extra srep rows at these inference λ (the paper's λ check)
 
 
 def _figure_slice(data: CaseData) -> int:
@@ -185,6 +224,7 @@ class StudyRun:
     def __init__(self, config: StudyConfig, reporter, log):
         self.config, self.reporter, self.log = config, reporter, log
         self.runs, self.missing = resolve_methods(config.methods, config.models)
+        self.runs += lambda_sweep_runs(self.runs, config.lambda_sweep, config.models)
         if not self.runs:
             raise InputError("no method to evaluate")
         names = {c.name for c in config.cases}
@@ -256,6 +296,7 @@ class StudyRun:
 
         config, at = self.config, self.done / max(self.total, 1)
         self.reporter(at, f"{case.name} (seed {seed}): {run.name}")
+        self.rss_measured = peak_rss_reset()
         t0 = time.perf_counter()
         try:
             result = api.enhance(data.lq, run.method, model=run.model, axis=config.axis,
@@ -278,7 +319,8 @@ class StudyRun:
         result, seconds = result
         output, truth = result.volume.array, data.hq.array
         rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
-               "model_sha256": getattr(run.model, "checksum", None)}
+               "model_sha256": getattr(run.model, "checksum", None),
+               "peak_rss_mb": peak_rss_mb() if getattr(self, "rss_measured", False) else None}
         rec.update({k: v for k, v in evaluate_arrays(output, truth, data.mask).items() if k != "voxels"})
         rec.update(regression_to_mean(output, truth, data.mask, scale, self.mu_train))
         trust = next((v for k, v in result.extras.items() if "trust" in k), None)
