@@ -258,6 +258,12 @@ def test_claim_check_verdicts_follow_the_numbers():
     records[-1]["nrmse"] = 0.04  # dl's gain now rises 50 -> 60 (drop -10): within 0.5 points of srep's
     rows = {r["case"]: r for r in study.claim_checks(results)["rows"]}
     assert rows["ood2"]["b"] == "tie" and rows["ood2"]["a"] == "no"
+    # replicates: a 33% advantage stays a win while the spread is small, and is a tie within it
+    records += [dict(rec("ood", "srep", 0.10, 1), seed=1), dict(rec("ood", "dl", 0.15, 10), seed=1)]
+    assert {r["case"]: r for r in study.claim_checks(results)["rows"]}["ood"]["a"] == "yes"
+    records[-2]["nrmse"], records[-1]["nrmse"] = 0.16, 0.09   # srep 0.10/0.16, dl 0.15/0.09: sd 0.03 each
+    row = {r["case"]: r for r in study.claim_checks(results)["rows"]}["ood"]
+    assert row["margin_a"] == pytest.approx(100 * 0.06 / 0.12) and row["a"] == "tie"
 
 
 def test_training_simulation_is_described_from_the_record():

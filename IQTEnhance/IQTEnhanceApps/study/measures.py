@@ -155,6 +155,15 @@ def gain(results_nrmse: dict, case: str, method: str, over: str) -> Optional[flo
     return 100.0 * (b - a) / b if b > 0 else None
 
 
+def spread_percent(results_nrmse: dict, case: str, method: str, over: str) -> float:
+    """The two rows' spread (sd over replicates and seeds, summed) in % of ``over``'s NRMSE: a
+    difference smaller than this is not called a win or a loss (0 with one run each)."""
+    if (case, method) not in results_nrmse or (case, over) not in results_nrmse:
+        return 0.0
+    (_, sd_a, _), (b, sd_b, _) = results_nrmse[(case, method)], results_nrmse[(case, over)]
+    return 100.0 * (sd_a + sd_b) / b if b > 0 else 0.0
+
+
 def _verdict(advantage: Optional[float], tie: float) -> str:
     """'yes' when the advantage exceeds the tie margin, 'no' when the disadvantage does, else 'tie'."""
     if advantage is None or not math.isfinite(advantage):
@@ -178,8 +187,8 @@ def claim_checks(results: dict) -> dict:
             if (c, x) not in nrmse or (c, "dl") not in nrmse:
                 continue
             vs_dl = gain(nrmse, c, x, "dl")  # % lower NRMSE than DL
-            row = {"case": c, "method": x, "vs_dl": vs_dl,
-                   "a": _verdict(vs_dl, TIE_NRMSE_PERCENT)}
+            margin = max(TIE_NRMSE_PERCENT, spread_percent(nrmse, c, x, "dl"))
+            row = {"case": c, "method": x, "vs_dl": vs_dl, "margin_a": margin, "a": _verdict(vs_dl, margin)}
             if ref is not None and (ref, x) in nrmse and (ref, "dl") in nrmse and (c, "trilinear") in nrmse \
                     and (ref, "trilinear") in nrmse:
                 row["drop_x"] = gain(nrmse, ref, x, "trilinear") - gain(nrmse, c, x, "trilinear")
