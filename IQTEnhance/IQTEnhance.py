@@ -360,9 +360,9 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             method = p.method
             self._selectByData(self.ui.methodComboBox, method)
             self._selectByData(self.ui.deviceComboBox, p.device)
-            self._fillModelComboBox(method, p.modelPath)
+            hasModels = self._fillModelComboBox(method, p.modelPath)
             self._selectByData(self.ui.contrastComboBox, p.contrast)
-            automatic = self.ui.modelComboBox.visible and p.modelPath in ("", panel.AUTO_MODEL)
+            automatic = hasModels and p.modelPath in ("", panel.AUTO_MODEL)
             self.ui.contrastLabel.visible = self.ui.contrastComboBox.visible = automatic
             for name, (form, _widgets) in self._optionWidgets.items():
                 form.visible = name == method
@@ -388,7 +388,8 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if index >= 0 and combo.currentIndex != index:
             combo.currentIndex = index
 
-    def _fillModelComboBox(self, method: str, modelPath: str) -> None:
+    def _fillModelComboBox(self, method: str, modelPath: str) -> bool:
+        """Fill the Model list for ``method``; False (and hidden) when the method takes no model."""
         combo = self.ui.modelComboBox
         # the parameter node's path too: after a module reload or a scene load it is not in the session list
         entries = panel.model_entries(method, self._loadedModelPaths + ([modelPath] if modelPath else []))
@@ -404,6 +405,7 @@ class IQTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.currentIndex = max(index, 0)
         finally:
             combo.blockSignals(wasBlocked)
+        return bool(entries)
 
     def _updateButtons(self) -> None:
         view = panel.STATE_TABLE[self._state]
@@ -913,7 +915,8 @@ class IQTEnhanceTest(ScriptedLoadableModuleTest):
             parameterNode.method = method
             parameterNode.modelPath = ""
             # the contrast choice shows with the automatic model choice, for methods with models only
-            self.assertEqual(widget.ui.contrastComboBox.visible, widget.ui.modelComboBox.visible)
+            self.assertEqual(widget.ui.contrastComboBox.isVisibleTo(widget.parent),
+                             widget.ui.modelComboBox.isVisibleTo(widget.parent))
             parameterNode.contrast = "t1"
             self.assertTrue(widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip)
             widget.ui.applyButton.click()
