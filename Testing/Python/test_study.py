@@ -419,3 +419,18 @@ def test_lambda_sweep_and_computational_profile(tmp_path):
     import sys
     if sys.platform.startswith("linux"):
         assert float(profile["`srep`"][-1]) > 10
+
+
+def test_the_headline_says_what_the_design_can_tell():
+    """Learned rows trained differently (or one model each): the headline says the claim cannot be
+    decided from few-percent differences; all under one protocol with replicates: it says so."""
+    from IQTEnhanceApps.study.report import _design_caveat
+
+    mixed = {"methods": [{"name": "srep", "protocol": None, "replicates": 1},
+                         {"name": "dl", "protocol": None, "replicates": 1}]}
+    [line] = _design_caveat(mixed)
+    assert "cannot tell" in line and "one model per row" in line and "--protocol-models" in line
+    same = {"methods": [{"name": n, "protocol": "iqt-study-1", "replicates": 3} for n in ("srep", "ddl", "dl")]}
+    [line] = _design_caveat(same)
+    assert "`iqt-study-1`" in line and "at least 3 model(s)" in line
+    assert _design_caveat({"methods": [{"name": "linear"}]}) == []

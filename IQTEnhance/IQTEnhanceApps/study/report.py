@@ -337,7 +337,27 @@ def _headline(results, nrmse, kept, pull) -> list:
             if vals:
                 out.append(f"- Lesion contrast kept ({c['name']}): " +
                            ", ".join(f"{m} {v:.0f}%" for m, v in vals) + ".")
-    return out
+    return out + _design_caveat(results)
+
+
+def _design_caveat(results: dict) -> list:
+    """What the design can tell: the claim compares learned rows out of distribution, which is only a
+    like-for-like comparison when their models share one training protocol, and a difference only
+    counts beyond the training spread when there are replicates."""
+    learned = [m for m in results["methods"] if m["name"] in ("srep", "ddl", "dl")]
+    if not learned:
+        return []
+    protocols = {m.get("protocol") for m in learned}
+    replicates = min(m.get("replicates", 1) for m in learned)
+    if None in protocols or len(protocols) > 1:
+        return ["- **What this design cannot tell**: the learned rows' models were trained with different "
+                "simulations (see the set-up table), so a case is not equally far out of distribution for each, "
+                + ("and there is one model per row, so training variance is unknown: " if replicates < 2 else "")
+                + "differences of a few percent between srep/ddl and dl are not evidence for or against the claim. "
+                "A controlled run: `python Tools/train_protocol.py --out DIR` (one protocol, several seeds), then "
+                "`--protocol-models DIR`."]
+    return [f"- **Design**: srep, ddl and dl share the training protocol `{protocols.pop()}` with at least "
+            f"{replicates} model(s) each; a difference counts only beyond the rows' spread."]
 
 
 def _claim_text(results, nrmse, ssim, kept, pull) -> list:
