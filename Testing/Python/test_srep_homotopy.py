@@ -181,3 +181,26 @@ def test_cuda_agrees_with_cpu(real_patches):
     f_c = sparse.objective(Z, D, cpu, lam).sum()
     f_g = sparse.objective(Z, D, gpu, lam).sum()
     assert abs(f_g / f_c - 1) < 1e-5
+
+
+def test_threads_each_code_their_rows_with_the_same_result(real_patches, monkeypatch):
+    """On a CPU with 2 torch threads the rows are split over 2 Python threads with one torch thread
+    each: the same codes as one thread coding them all, and the thread count is restored."""
+    import torch
+
+    Z, D, lam = real_patches
+    dictionary = sparse.Dictionary(D, "cpu")
+    before = torch.get_num_threads()
+    try:
+        # chunks of 256 rows either way (a row's float32 path depends a little on its chunk's steps)
+        torch.set_num_threads(1)
+        monkeypatch.setattr(sparse, "HOMOTOPY_BATCH", 256)
+        alone = sparse.lasso_exact(Z, dictionary, lam).numpy()
+        torch.set_num_threads(2)
+        monkeypatch.setattr(sparse, "HOMOTOPY_BATCH", 512)
+        split = sparse.lasso_exact(Z, dictionary, lam).numpy()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(Z) > 512 and np.array_equal(alone, split)
+    assert kkt_violation(Z, D, split, lam) < 1e-3
