@@ -239,8 +239,9 @@ def lasso_exact(Y, dictionary: Dictionary, lam: float):
     On a CPU with T > 1 torch threads, T Python threads each code their own chunk of rows with one
     torch thread: a homotopy step is ~100 small torch calls, and splitting each of them over threads
     costs a barrier per call, which is slow and, when other processes share the cores, very slow.
-    Measured on 2 cores, 20,000 real patches, one run each: 0.78-0.81x the time of 2-thread torch
-    calls on idle cores, 0.52x with two other jobs running; the same codes for the same chunks of rows."""
+    Measured on 2 cores, 20,000 real patches, A/B in one process: 0.78-0.92x the time of 2-thread torch
+    calls on idle cores over several runs, 0.52x with two other jobs running; on a whole brain on idle
+    cores within the noise.  The same codes for the same chunks of rows."""
     from .homotopy import lasso_homotopy
 
     torch = _torch()
