@@ -94,8 +94,9 @@ def test_corrupt_or_mismatched_model_files_fail_clearly(tmp_path, colin_lq, ship
     with pytest.raises(ModelError, match="checksum"):
         api.enhance(colin_lq, "srep", model=damaged)
 
-    with pytest.raises(ModelError, match="×4"):
-        api.enhance(colin_lq, "srep", factor=2)
+    with pytest.raises(ModelError, match="×4"):     # the ×4 model asked for ×2 (no model given: the ×2 one)
+        api.enhance(colin_lq, "srep", model=path, factor=2)
+    assert api.plan(colin_lq, "srep", factor=2).model.factor == 2
 
     wrong = load_model(path)
     wrong.arrays["P"] = wrong.arrays["P"][:-3]
