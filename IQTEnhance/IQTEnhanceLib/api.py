@@ -194,13 +194,15 @@ def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis
     scan's ``contrast`` (t1, t2; default t1) whose factor matches its spacing."""
     spec = get_method(method)
     validate_input(lq, source)
+    if isinstance(model, str) and model == "auto":
+        model = None          # every method: a method without models then takes none
     learn_from_scan = isinstance(model, str) and model == "self"
     if learn_from_scan:
         from .selfsup import check_method
 
         check_method(method)
         model = None
-    elif spec.needs_model and (model is None or (isinstance(model, str) and model == "auto")):
+    elif spec.needs_model and model is None:
         from .models import pick_shipped_model
 
         thick = default_axis(lq) if axis in (None, "auto") else axis_letter(axis)

@@ -50,6 +50,7 @@ class TrainingPairs:
             self.hq.append(array)
             self.masks.append(mask)
         self._fixed = None
+        self._memberships_of = {}        # volume index -> tissue memberships (low-field draws)
 
     def subset(self, indices) -> "TrainingPairs":
         """The same pairs restricted to some volumes (e.g. all but one held out)."""
@@ -58,6 +59,7 @@ class TrainingPairs:
         out.hq = [self.hq[i] for i in indices]
         out.masks = [self.masks[i] for i in indices]
         out._fixed = None
+        out._memberships_of = {}
         return out
 
     @property
@@ -121,11 +123,9 @@ class TrainingPairs:
     def _memberships(self, volume_index: int):
         from .simulate import tissue_memberships
 
-        cache = self.__dict__.setdefault("_membership_cache", {})
-        if volume_index not in cache:
-            cache[volume_index] = tissue_memberships(np.asarray(self.hq[volume_index], dtype=np.float32),
-                                                     self.masks[volume_index].astype(bool))
-        return cache[volume_index]
+        if volume_index not in self._memberships_of:
+            self._memberships_of[volume_index] = tissue_memberships(self.hq[volume_index], self.masks[volume_index])
+        return self._memberships_of[volume_index]
 
     def fixed(self, per_volume_axis: int = 1) -> list:
         """A deterministic list of realizations (``per_volume_axis`` per volume and axis), cached."""

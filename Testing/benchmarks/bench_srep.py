@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "IQTEnhance"))
 
+from IQTEnhanceApps.common.runtime import peak_rss_mb  # noqa: E402
 from IQTEnhanceLib import api, data, features, metrics, sparse  # noqa: E402
 from IQTEnhanceLib.methods.srep import SRepModel  # noqa: E402
 from IQTEnhanceLib.models import default_model_path, load_model  # noqa: E402
@@ -79,15 +80,8 @@ def whole_brain(model_path, solver, device):
 
 
 def _peak_rss_mb() -> float:
-    """This process's own peak resident memory: VmHWM (getrusage's ru_maxrss of a child started by
-    fork + exec still carries the parent's peak on Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak resident memory (VmHWM), getrusage's where /proc is missing."""
+    return peak_rss_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_whole_brain(model_path, solver, device, threads):

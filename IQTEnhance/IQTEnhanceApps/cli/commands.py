@@ -122,8 +122,6 @@ def cmd_enhance(args) -> int:
     options = collect_method_options(args, spec.options, args.method)
     out = Path(args.out)
     learn = args.model == "self"
-    if args.model == "auto":
-        args.model = None
     if args.save_model and not learn:
         raise InputError("--save-model goes with --model self (it saves the model learned from the scan)")
     check_outputs([("OUT", out, "volume"), ("OUT's sidecar", sidecar_path(out), "sidecar"),

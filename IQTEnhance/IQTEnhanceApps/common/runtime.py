@@ -1,11 +1,12 @@
 """The command line's runtime: its name and exit codes, Ctrl-C as the engine's cancel check, the
-progress bar, and lines for the user.
+progress bar, lines for the user, and the process's peak memory.
 """
 from __future__ import annotations
 
 import contextlib
 import signal
 import sys
+from typing import Optional
 
 from IQTEnhanceLib.errors import CancelledError
 
@@ -93,3 +94,29 @@ def progress_for(args, label: str = "") -> Progress:
 def info(args, message: str) -> None:
     """A line for the user on stdout (results, notes)."""
     print(message, flush=True)
+
+
+# -- peak memory ------------------------------------------------------------------------------------
+def peak_rss_reset() -> bool:
+    """Reset this process's peak resident memory (Linux: /proc/self/clear_refs), so that each run's
+    peak can be read after it; False where the system cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> Optional[float]:
+    """This process's peak resident memory since start or the last :func:`peak_rss_reset` (VmHWM;
+    getrusage's ru_maxrss of a child started by fork + exec still carries the parent's peak on
+    Linux), in MB; None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None

@@ -29,6 +29,7 @@ from IQTEnhanceApps.study.measures import (
     training_mean,
     trust_error_correlation,
 )
+from IQTEnhanceApps.common.runtime import peak_rss_mb, peak_rss_reset
 from IQTEnhanceApps.study.report import render_report
 from IQTEnhanceLib.errors import CancelledError, InputError, ModelError
 from IQTEnhanceLib.files import atomic_path, write_json_atomic, write_text_atomic
@@ -163,29 +164,6 @@ def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None) -> lis
                       base.trust_option, "srep") for lam in lambdas]
 
 
-def peak_rss_reset() -> bool:
-    """Reset this process's peak resident memory (Linux: /proc/self/clear_refs), so that each run's
-    peak can be read after it; False where the system cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> Optional[float]:
-    """The peak resident memory since the last reset (VmHWM), in MB; None where unknown."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +203,7 @@ class StudyRun:
         self.config, self.reporter, self.log = config, reporter, log
         self.runs, self.missing = resolve_methods(config.methods, config.models)
         self.runs += lambda_sweep_runs(self.runs, config.lambda_sweep, config.models)
+        self.rss_measured = False        # whether the current run's peak memory was reset before it
         if not self.runs:
             raise InputError("no method to evaluate")
         names = {c.name for c in config.cases}
@@ -320,7 +299,7 @@ class StudyRun:
         output, truth = result.volume.array, data.hq.array
         rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
                "model_sha256": getattr(run.model, "checksum", None),
-               "peak_rss_mb": peak_rss_mb() if getattr(self, "rss_measured", False) else None}
+               "peak_rss_mb": peak_rss_mb() if self.rss_measured else None}
         rec.update({k: v for k, v in evaluate_arrays(output, truth, data.mask).items() if k != "voxels"})
         rec.update(regression_to_mean(output, truth, data.mask, scale, self.mu_train))
         trust = next((v for k, v in result.extras.items() if "trust" in k), None)
