@@ -27,16 +27,22 @@ def model_lines(model) -> list:
              "patches averaged; optional trust map = RMS LQ coding residual per patch."]
 
 
-def card(model, path):
+TITLE = "IQT-SRep (coupled sparse dictionaries)"
+LIMITS = ["- Trained at one noise level (SNR 20): SNR far from 20 is out of distribution; the trust map shows "
+          "where the dictionary cannot explain the input."]
+
+
+def data_line(model) -> str:
+    """The card's training-data line (the zoo's cards use it too, at their factor)."""
     t = model.training
-    lines = model_lines(model)
-    training = [f"- Data: {t.get('data')}; LQ simulated along i, j and k at a fixed SNR 20 (Gaussian slice profile "
-                f"FWHM 4 voxels, no contrast change); seed {t.get('seed')}; "
-                f"{t.get('train_seconds_total', t.get('train_seconds', '?'))} s on 2 shared CPU cores.",
-                "- Recipe: `python Tools/train_srep.py`."]
-    limits = ["- Trained at one noise level (SNR 20): SNR far from 20 is out of distribution; the trust map shows "
-              "where the dictionary cannot explain the input."]
-    return shipping.model_card(model, path, "IQT-SRep (coupled sparse dictionaries)", lines, training, limits)
+    return (f"- Data: {t.get('data')}; LQ simulated along i, j and k at a fixed SNR 20 (Gaussian slice profile "
+            f"FWHM {model.factor} voxels, no contrast change); seed {t.get('seed')}; "
+            f"{t.get('train_seconds_total', t.get('train_seconds', '?'))} s on 2 shared CPU cores.")
+
+
+def card(model, path):
+    training = [data_line(model), "- Recipe: `python Tools/train_srep.py`."]
+    return shipping.model_card(model, path, TITLE, model_lines(model), training, LIMITS)
 
 
 def train(args):

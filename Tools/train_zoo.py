@@ -44,12 +44,8 @@ def card(model, path):
               f"--factors {model.factor} --retrain` (the recipe of `train_{model.method}.py` at this factor and "
               "contrast).")
     if model.method == "srep":
-        title = "IQT-SRep (coupled sparse dictionaries)"
-        lines = train_srep.model_lines(model)
-        training = [f"- Data: {t.get('data')}; LQ simulated along i, j and k at a fixed SNR 20 (Gaussian slice profile "
-                    f"FWHM {model.factor} voxels, no contrast change); seed {t.get('seed')}; "
-                    f"{t.get('train_seconds_total', '?')} s on 2 shared CPU cores.", recipe]
-        limits = ["- Trained at one noise level (SNR 20): SNR far from 20 is out of distribution."]
+        title, lines, limits = train_srep.TITLE, train_srep.model_lines(model), train_srep.LIMITS
+        training = [train_srep.data_line(model), recipe]
     else:
         title = classic.TITLES[model.method]
         lines = classic.model_lines(model)
