@@ -198,13 +198,13 @@ class InstallJob:
     def commands(self) -> list:
         """The command lines, in order."""
         pip = [self.python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
-        torch_first = [r for r in self.requirements if self.light_the_torch and _names_torch(r)]
-        others = [r for r in self.requirements if r not in torch_first]
+        by_light_the_torch = [r for r in self.requirements if self.light_the_torch and _names_torch(r)]
+        others = [r for r in self.requirements if r not in by_light_the_torch]
         commands = [pip + self._options() + others] if others else []
-        if torch_first:
+        if by_light_the_torch:
             if not module_available("light_the_torch"):
                 commands.append(pip + self._options() + [LIGHT_THE_TORCH])
-            commands.append([self.python, "-m", "light_the_torch", "install"] + self._options() + torch_first)
+            commands.append([self.python, "-m", "light_the_torch", "install"] + self._options() + by_light_the_torch)
         return commands
 
     def start(self) -> "InstallJob":
