@@ -4,7 +4,7 @@ several seeds each, into one folder for ``iqt-enhance benchmark quality --protoc
 
     python Tools/train_protocol.py --out protocol-models                       # every row, seeds 0 1 2
     python Tools/train_protocol.py --out protocol-models --rows linear srep srep-paper --seeds 0 1 2
-    python Tools/train_protocol.py --out protocol-models --rows dl ddl --network-minutes 30 --device cuda
+    python Tools/train_protocol.py --out protocol-models --rows dl ddl ddl-k128 --network-minutes 30 --device cuda
 
 Time on 2 CPU cores per model: linear ~1 min, forest a few min, srep and srep-paper ~10 min; the
 networks take their budget (``--network-minutes``, default 20, stopping earlier at convergence).
@@ -24,11 +24,18 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--network-minutes", type=float, default=20.0, help="time budget of each DL/DDL training")
     p.add_argument("--device", default="cpu", help="device of the network trainings")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default); 1 lets two trainings share 2 cores")
     args = p.parse_args(argv)
     networks = {"minutes": args.network_minutes, "device": args.device, "until_converged": True,
                 "validation_draws": 8}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        networks["threads"] = args.threads
     train_protocol_models(STUDY_PROTOCOL, args.rows, args.seeds, args.out,
-                          options={"dl": networks, "ddl": networks},
+                          options={row: networks for row, (method, _, _) in ROWS.items() if method in ("dl", "ddl")},
                           progress=shipping.progress_printer())
     return 0
 

@@ -239,6 +239,19 @@ def test_convergence_rule():
     assert not converged(flat[:3]), "too few validations to tell"
 
 
+def test_convergence_never_stops_training_in_the_first_half_of_the_budget(icbm_t1, monkeypatch):
+    """A plateau before the loss drops looks converged; ``until_converged`` waits for half the budget
+    (here the rule always says "converged": 10 steps, validation every 2 stop at step 6, not 2)."""
+    from IQTEnhanceLib.nets import training
+
+    monkeypatch.setattr(training, "converged", lambda history, **kw: True)
+    image, mask = icbm_t1
+    model = api.train("dl", [image], masks=[mask], seed=1, steps=10, until_converged=True,
+                      **dict(TINY, checkpoint_every=100))
+    assert training.CONVERGENCE_EARLIEST == 0.5
+    assert model.training["steps"] == 6 and model.training["stopped_at_convergence"] is True
+
+
 def test_training_checks_the_model_on_held_out_cubes(trained):
     """The finished model is run through the whole enhancement path on the held-out cubes and
     compared with trilinear interpolation; the record says where and how it did."""

@@ -367,28 +367,44 @@ def test_one_training_protocol_for_every_learned_row(icbm_t1, tmp_path):
     from IQTEnhanceLib.models import load_model
 
     folder = tmp_path / "protocol"
-    small = {"linear": {"samples": 3000, "realizations": 1},
-             "srep-paper": {"atoms": 32, "iterations": 10, "samples": 3000, "dl_batch": 64}}
-    paths = train_protocol_models(STUDY_PROTOCOL, ["linear", "srep-paper"], [0, 1], folder, volumes=[icbm_t1],
-                                  options=small, log=lambda *a: None)
-    records = [load_model(p).training["protocol"] for p in paths]
+    tiny_srep = {"atoms": 32, "iterations": 10, "samples": 3000, "dl_batch": 64}
+    small = {"linear": {"samples": 3000, "realizations": 1}, "srep-paper": tiny_srep, "srep": tiny_srep}
+    paths = train_protocol_models(STUDY_PROTOCOL, ["linear", "srep-paper", "srep"], [0, 1], folder,
+                                  volumes=[icbm_t1], options=small, log=lambda *a: None)
+    models = {p.name: load_model(p) for p in paths}
+    records = [m.training["protocol"] for m in models.values()]
     assert all(r == records[0] for r in records) and records[0]["name"] == STUDY_PROTOCOL.name
     assert records[0]["simulation"]["lowfield_share"] > 0
+    # the hybrid codes at the shipped recipe's inference λ; the paper's SRep at its training λ
+    assert models["srep_seed0.iqtm"].params["inference_lam"] == 0.1
+    assert "inference_lam" not in models["srep-paper_seed0.iqtm"].params
     rows, protocol = protocol_models(folder)
-    assert {k: len(v) for k, v in rows.items()} == {"linear": 2, "srep-paper": 2} and protocol == records[0]
+    assert {k: len(v) for k, v in rows.items()} == {"linear": 2, "srep-paper": 2, "srep": 2}
+    assert protocol == records[0]
 
     out = tmp_path / "study"
     code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "trilinear", "linear",
-                     "srep-paper", "--cases", "in_distribution", "--no-figures", "-q", "--protocol-models", str(folder)])
+                     "srep", "srep-paper", "--cases", "in_distribution", "ood_low_snr", "--no-figures", "-q",
+                     "--protocol-models", str(folder)])
     assert code == 0
     saved = json.loads((out / "results.json").read_text())
     assert saved["training_protocol"] == protocol
-    for row in ("linear", "srep-paper"):
+    for row in ("linear", "srep-paper", "srep"):
         entry = next(m for m in saved["methods"] if m["name"] == row)
         assert entry["protocol"] == STUDY_PROTOCOL.name and entry["replicates"] == 2
         assert len({r["model_sha256"] for r in saved["records"] if r["method"] == row}) == 2
     report = (out / "README.md").read_text()
     assert f"Training protocol `{STUDY_PROTOCOL.name}`" in report and "±" in report
+    # what the ridge part adds, in and out of distribution, from the same records
+    from IQTEnhanceApps.study.measures import aggregate, gain, pair_comparison
+
+    pair = pair_comparison(saved, "srep", "srep-paper")
+    nrmse = aggregate(saved["records"], "nrmse")
+    for case in ("in_distribution", "ood_low_snr"):
+        assert pair["per_case"][case]["advantage"] == pytest.approx(gain(nrmse, case, "srep", "srep-paper"))
+    assert pair["mean_in_distribution"] == pytest.approx(pair["per_case"]["in_distribution"]["advantage"])
+    assert pair["mean_ood"] == pytest.approx(pair["per_case"]["ood_low_snr"]["advantage"])
+    assert "### What the ridge part" in report and "**What the ridge part" in report
 
     other = dataclasses.replace(STUDY_PROTOCOL, name="another")
     train_protocol_models(other, ["linear"], [5], folder, volumes=[icbm_t1], options=small, log=lambda *a: None)

@@ -12,8 +12,10 @@ from IQTEnhanceLib.grid import crop_to_whole_slabs
 from IQTEnhanceLib.normalize import intensity_scale
 from IQTEnhanceLib.simulate import SimulationParameters, simulate
 
+PAPER_SREP = "srep-paper"                 # the paper's joint-dictionary SRep, beside the shipped hybrid
+DDL_K128 = "ddl-k128"                     # IQT-DDL with the paper's larger dictionary (K = 128)
 LEARNED = ("srep", "ddl", "dl")           # the paper's three methods
-CLAIM_METHODS = ("srep", "ddl")           # the methods the claim is about, against "dl"
+CLAIM_METHODS = ("srep", PAPER_SREP, "ddl")   # the methods the claim is about, against "dl"
 BASELINE = "linear"                       # the classic baseline every gain is measured against
 # rows of every table: interpolation, then the classic IQT baselines, then the paper's methods
 # Differences smaller than these count as ties in the claim check. They are about practical
@@ -22,9 +24,8 @@ BASELINE = "linear"                       # the classic baseline every gain is m
 TIE_NRMSE_PERCENT = 1.0   # % of DL's NRMSE
 TIE_DROP_POINTS = 0.5     # percentage points of gain over trilinear
 TIE_PULL_POINTS = 1.0     # percentage points of pull to the training mean
-PAPER_SREP = "srep-paper"                 # the paper's joint-dictionary SRep, beside the shipped hybrid
 SELF_ROWS = ("linear-self", "srep-self")  # learned from each case's LQ scan alone (model "self")
-STUDY_ORDER = ("nearest", "trilinear", "bspline", "linear", "forest", "srep", PAPER_SREP, "ddl", "dl") + SELF_ROWS
+STUDY_ORDER = ("nearest", "trilinear", "bspline", "linear", "forest", "srep", PAPER_SREP, "ddl", DDL_K128, "dl") + SELF_ROWS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +200,42 @@ def claim_checks(results: dict) -> dict:
                 row["c"] = _verdict(row["pull_dl"] - row["pull_x"], TIE_PULL_POINTS)
             out["rows"].append(row)
     return out
+
+
+# pairs of rows that differ in one design choice: (row, the row without it, what the difference measures)
+DESIGN_PAIRS = (("srep", PAPER_SREP, "the ridge part (hybrid SRep against the paper's joint SRep)"),
+                (DDL_K128, "ddl", "the larger dictionary (DDL with K = 128 against K = 64)"))
+
+
+def pair_comparison(results: dict, row: str, other: str) -> Optional[dict]:
+    """How much lower ``row``'s NRMSE is than ``other``'s, per case (%), with a verdict beyond the tie
+    margin or the two rows' spread, the means in and out of distribution, and the mean seconds per
+    case of each; None when either row is absent."""
+    nrmse = aggregate(results["records"], "nrmse")
+    seconds = aggregate(results["records"], "seconds")
+    cases = results["cases"]
+    if not any((c["name"], row) in nrmse and (c["name"], other) in nrmse for c in cases):
+        return None
+    per_case = {}
+    for c in cases:
+        name = c["name"]
+        advantage = gain(nrmse, name, row, other)
+        if advantage is None:
+            continue
+        margin = max(TIE_NRMSE_PERCENT, spread_percent(nrmse, name, row, other))
+        per_case[name] = {"advantage": advantage, "margin": margin, "verdict": _verdict(advantage, margin),
+                          "group": c["group"]}
+
+    def mean_in(group_is_ind: bool):
+        return _mean_over([v["advantage"] for v in per_case.values()
+                           if (v["group"] == "in distribution") == group_is_ind])
+
+    def mean_seconds(name):
+        vals = [seconds[(c["name"], name)][0] for c in cases if (c["name"], name) in seconds]
+        return float(np.mean(vals)) if vals else None
+
+    return {"per_case": per_case, "mean_in_distribution": mean_in(True), "mean_ood": mean_in(False),
+            "seconds": (mean_seconds(row), mean_seconds(other))}
 
 
 def _mean_over(agg_gain: list) -> Optional[float]:

@@ -9,6 +9,8 @@ import numpy as np
 from IQTEnhanceApps.study.measures import (
     BASELINE,
     CLAIM_METHODS,
+    DESIGN_PAIRS,
+    PAPER_SREP,
     TIE_DROP_POINTS,
     TIE_NRMSE_PERCENT,
     TIE_PULL_POINTS,
@@ -16,6 +18,7 @@ from IQTEnhanceApps.study.measures import (
     aggregate,
     claim_checks,
     gain,
+    pair_comparison,
 )
 
 
@@ -164,6 +167,7 @@ def _results_section(results: dict, agg: dict) -> list:
     L += _metric_table(results, agg["ssim"], 4, True, "SSIM in the brain mask (higher is better)")
     L += _metric_table(results, agg["psnr"], 2, True, "PSNR in the brain mask, dB (higher is better)")
     L += _gain_section(results, agg["nrmse"])
+    L += _design_pairs_section(results)
     L += _pull_section(results, agg)
     L += _lesion_sections(results, agg)
     if agg["trust_error_corr"]:
@@ -225,6 +229,46 @@ def _gain_section(results: dict, nrmse) -> list:
                     + [_fmt(_mean_over([gain(nrmse, c, m, BASELINE) for c in names]), 1, True)
                        for names in (ind_names, ood_names)])
     return L + [_table(["method"] + [f"`{c}`" for c in case_names] + ["mean in distribution", "mean OOD"], rows), ""]
+
+
+def _design_pairs_section(results: dict) -> list:
+    """What one design choice adds (:data:`DESIGN_PAIRS`): the ridge part of the hybrid SRep, DDL's
+    larger dictionary; per case, % lower NRMSE with its verdict, and the seconds per case."""
+    L = []
+    for row, other, what in DESIGN_PAIRS:
+        pair = pair_comparison(results, row, other)
+        if pair is None:
+            continue
+        case_names = list(pair["per_case"])
+        cells = [f"{_fmt(v['advantage'], 1, True)}% ({_VERDICT_WORDS[v['verdict']]})" for v in pair["per_case"].values()]
+        s_row, s_other = pair["seconds"]
+        L += [f"### What {what} adds\n",
+              f"% lower NRMSE of `{row}` than `{other}` per case (verdict: better/worse beyond "
+              "the tie margin or the two rows' spread, else tie); then the mean in and out of distribution and "
+              "the mean seconds per case of each:\n",
+              _table([f"`{c}`" for c in case_names] + ["mean in distribution", "mean OOD", "seconds per case"],
+                     [cells + [_fmt(pair["mean_in_distribution"], 1, True), _fmt(pair["mean_ood"], 1, True),
+                               f"{_fmt(s_row, 1)} vs {_fmt(s_other, 1)}"]]), ""]
+    return L
+
+
+_VERDICT_WORDS = {"yes": "better", "no": "worse", "tie": "tie", "–": "–"}
+
+
+def _design_pairs_headline(results: dict) -> list:
+    out = []
+    for row, other, what in DESIGN_PAIRS:
+        pair = pair_comparison(results, row, other)
+        if pair is None:
+            continue
+        groups = {}
+        for case, v in pair["per_case"].items():
+            groups.setdefault(_VERDICT_WORDS[v["verdict"]], []).append(case)
+        verdicts = "; ".join(f"{word} in {', '.join(cases)}" for word, cases in sorted(groups.items()))
+        out.append(f"- **What {what} adds**: {_fmt(pair['mean_in_distribution'], 1, True)}% lower NRMSE on "
+                   f"average in distribution, {_fmt(pair['mean_ood'], 1, True)}% out of distribution ({verdicts}); "
+                   f"{_fmt(pair['seconds'][0], 1)} vs {_fmt(pair['seconds'][1], 1)} s per case.")
+    return out
 
 
 def _pull_section(results: dict, agg: dict) -> list:
@@ -295,7 +339,7 @@ def _headline(results, nrmse, kept, pull) -> list:
     ood = [c["name"] for c in cases if c["group"] != "in distribution"]
     out = []
     if BASELINE in methods:
-        for m in (x for x in ("srep", "ddl", "dl", "forest") if x in methods):
+        for m in (x for x in ("srep", PAPER_SREP, "ddl", "dl", "forest") if x in methods):
             gi = _mean_over([gain(nrmse, c, m, BASELINE) for c in ind])
             go = _mean_over([gain(nrmse, c, m, BASELINE) for c in ood])
             def per(names):
@@ -337,14 +381,14 @@ def _headline(results, nrmse, kept, pull) -> list:
             if vals:
                 out.append(f"- Lesion contrast kept ({c['name']}): " +
                            ", ".join(f"{m} {v:.0f}%" for m, v in vals) + ".")
-    return out + _design_caveat(results)
+    return out + _design_pairs_headline(results) + _design_caveat(results)
 
 
 def _design_caveat(results: dict) -> list:
     """What the design can tell: the claim compares learned rows out of distribution, which is only a
     like-for-like comparison when their models share one training protocol, and a difference only
     counts beyond the training spread when there are replicates."""
-    learned = [m for m in results["methods"] if m["name"] in ("srep", "ddl", "dl")]
+    learned = [m for m in results["methods"] if m["name"] in ("srep", PAPER_SREP, "ddl", "dl")]
     if not learned:
         return []
     protocols = {m.get("protocol") for m in learned}
@@ -356,7 +400,7 @@ def _design_caveat(results: dict) -> list:
                 + "differences of a few percent between srep/ddl and dl are not evidence for or against the claim. "
                 "A controlled run: `python Tools/train_protocol.py --out DIR` (one protocol, several seeds), then "
                 "`--protocol-models DIR`."]
-    return [f"- **Design**: srep, ddl and dl share the training protocol `{protocols.pop()}` with at least "
+    return [f"- **Design**: {', '.join(m['name'] for m in learned)} share the training protocol `{protocols.pop()}` with at least "
             f"{replicates} model(s) each; a difference counts only beyond the rows' spread."]
 
 
@@ -412,7 +456,7 @@ def _claim_text(results, nrmse, ssim, kept, pull) -> list:
                        + " (a method that regresses to the mean keeps less).")
     parts = []
     for c in check["in_distribution"] + check["ood"]:
-        vals = [f"{m} {pull[(c, m)][0]:+.1f}%" for m in ("srep", "ddl", "dl") if (c, m) in pull]
+        vals = [f"{m} {pull[(c, m)][0]:+.1f}%" for m in CLAIM_METHODS + ("dl",) if (c, m) in pull]
         if vals:
             parts.append(f"{c}: " + ", ".join(vals))
     if parts:

@@ -22,6 +22,7 @@ from IQTEnhanceApps.study.cases import (
 )
 from IQTEnhanceApps.study.figures import write_figures
 from IQTEnhanceApps.study.measures import (
+    DDL_K128,
     PAPER_SREP,
     STUDY_ORDER,
     lesion_measures,
@@ -74,6 +75,8 @@ class MethodRun:
 VARIANTS = {
     PAPER_SREP: ("srep", "IQT-SRep (paper)", "srep_joint_t1_x4",
                  "the paper's own formulation: joint coupled [LQ; HQ] dictionaries, no ridge part"),
+    DDL_K128: ("ddl", "IQT-DDL, K = 128", "ddl_k128_t1_x4",
+               "the paper's larger dictionary: 128 atoms against the default 64 (quality and time)"),
     "linear-self": ("linear", "Linear, learned from the scan", SELF,
                     "no template: the regression learned from the case's own LQ scan"),
     "srep-self": ("srep", "IQT-SRep, learned from the scan", SELF,
@@ -105,8 +108,8 @@ def _shipped_model(name: str, method: str):
         shipped = {e["name"]: shipped_models_dir() / e["file"] for e in shipped_models(method)}
         source = shipped.get(VARIANTS[name][2])
         if source is None:
-            raise ModelError(f"no {VARIANTS[name][2]} model: give one with --model {name}=FILE "
-                             f"(`python Tools/train_srep.py --formulation joint`)")
+            raise ModelError(f"no {VARIANTS[name][2]} model: give one with --model {name}=FILE, or train the "
+                             f"study's protocol models (`python Tools/train_protocol.py`)")
     return load_model(source if source is not None else default_model_path(method))
 
 
