@@ -393,6 +393,8 @@ def test_one_training_protocol_for_every_learned_row(icbm_t1, tmp_path):
         entry = next(m for m in saved["methods"] if m["name"] == row)
         assert entry["protocol"] == STUDY_PROTOCOL.name and entry["replicates"] == 2
         assert len({r["model_sha256"] for r in saved["records"] if r["method"] == row}) == 2
+        seconds = next(load_model(p) for p in rows[row]).training["train_seconds"]
+        assert entry["training_effort"] == f"{seconds:.0f} s"
     report = (out / "README.md").read_text()
     assert f"Training protocol `{STUDY_PROTOCOL.name}`" in report and "±" in report
     # what the ridge part adds, in and out of distribution, from the same records
@@ -410,6 +412,17 @@ def test_one_training_protocol_for_every_learned_row(icbm_t1, tmp_path):
     train_protocol_models(other, ["linear"], [5], folder, volumes=[icbm_t1], options=small, log=lambda *a: None)
     with pytest.raises(InputError, match="different protocols"):
         protocol_models(folder)
+
+
+def test_training_effort_of_a_network_says_steps_time_and_held_out_ratio():
+    from types import SimpleNamespace
+
+    from IQTEnhanceApps.study.runner import training_effort
+
+    net = SimpleNamespace(training={"steps": 1400, "patches_seen": 5600, "wall_seconds": 476.1, "threads": 1,
+                                    "device": "cpu", "heldout_check": {"ratio_to_trilinear": 0.912}})
+    assert training_effort(net) == "1400 steps (5600 patches), 8 min on 1 cpu thread(s); held-out NRMSE 0.91× trilinear's"
+    assert training_effort(SimpleNamespace(training={})) is None and training_effort(None) is None
 
 
 def test_lambda_sweep_and_computational_profile(tmp_path):
@@ -448,5 +461,9 @@ def test_the_headline_says_what_the_design_can_tell():
     assert "cannot tell" in line and "one model per row" in line and "--protocol-models" in line
     same = {"methods": [{"name": n, "protocol": "iqt-study-1", "replicates": 3} for n in ("srep", "ddl", "dl")]}
     [line] = _design_caveat(same)
-    assert "`iqt-study-1`" in line and "at least 3 model(s)" in line
+    assert "`iqt-study-1`" in line and "at least 3 trained models each" in line
+    one_network = {"methods": [{"name": n, "protocol": "iqt-study-1", "replicates": 3 if n == "srep" else 1}
+                               for n in ("srep", "ddl", "dl")]}
+    [line] = _design_caveat(one_network)
+    assert "ddl, dl had one trained model each" in line and "training variance is unknown" in line
     assert _design_caveat({"methods": [{"name": "linear"}]}) == []

@@ -81,6 +81,10 @@ def cli_quality(args) -> int:
         cases = [known[c] for c in args.cases]
     seeds = tuple(args.seeds) if args.seeds else ((0, 1, 2) if args.full else (0,))
     command = "iqt-enhance benchmark quality" + (" --full" if args.full else "") + (" --fixtures" if args.fixtures else "")
+    if args.protocol_models:   # the folder is local: the report names the recipe that fills it
+        command += " --protocol-models DIR"
+    if args.lambda_sweep:
+        command += " --lambda-sweep " + " ".join(f"{lam:g}" for lam in args.lambda_sweep)
     config = StudyConfig(out_dir=args.out, cases=cases, methods=args.methods, models=models, seeds=seeds,
                          device=args.device, fixtures=args.fixtures, figures=not args.no_figures, command=command,
                          protocol=protocol, lambda_sweep=tuple(args.lambda_sweep))

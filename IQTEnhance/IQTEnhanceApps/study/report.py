@@ -136,8 +136,10 @@ def _setup_section(results: dict) -> list:
                                                         if m.get("replicates", 1) > 1 else ""),
              m.get("training_data") or "-",
              f"protocol `{m['protocol']}`" if m.get("protocol") else
-             describe_training_simulation(m.get("training_simulation"))] for m in results["methods"]]
-    L.append(_table(["method", "name", "model", "trained on", "training simulation"], rows))
+             describe_training_simulation(m.get("training_simulation")),
+             m.get("training_effort") or "-"] for m in results["methods"]]
+    L.append(_table(["method", "name", "model", "trained on", "training simulation",
+                     "training (first replicate)"], rows))
     if results["missing"]:
         L.append("\nNot evaluated (missing):\n")
         L += [f"- `{name}`: {why}" for name, why in results["missing"].items()]
@@ -323,12 +325,15 @@ def _caveats(results: dict) -> list:
         "with; real low-field scans differ in ways no simulator captures.",
         "- The training set is one template; Colin27 is a single (averaged) subject, and the ICBM 2009c T2 "
         "and 2009a T1 are averages of the same population as the training template.",
-        "- The shipped models are small and trained briefly on 2 CPU cores; longer training or a GPU may "
-        "change the ranking, in or out of distribution.",
+        "- The models are small and trained briefly on CPU cores (the set-up table gives each one's training); "
+        "longer training or a GPU may change the ranking, in or out of distribution.",
         "- Metrics are computed on the HQ grid inside the brain mask; the crop to the brain's bounding box "
         "does not change them.",
         "\nReproduce: `" + results["command"] + f"` ({results['seconds'] / 60:.0f} min here; `--full` adds "
-        "seeds and a thicker-slice case). Every number above is in `results.json` beside this file.",
+        "seeds and a thicker-slice case)"
+        + (", with DIR filled by `python Tools/train_protocol.py --out DIR` (every model's sha256 is in "
+           "`results.json`)" if results.get("training_protocol") else "")
+        + ". Every number above is in `results.json` beside this file.",
     ]
 
 
@@ -400,8 +405,13 @@ def _design_caveat(results: dict) -> list:
                 + "differences of a few percent between srep/ddl and dl are not evidence for or against the claim. "
                 "A controlled run: `python Tools/train_protocol.py --out DIR` (one protocol, several seeds), then "
                 "`--protocol-models DIR`."]
-    return [f"- **Design**: {', '.join(m['name'] for m in learned)} share the training protocol `{protocols.pop()}` with at least "
-            f"{replicates} model(s) each; a difference counts only beyond the rows' spread."]
+    single = [m["name"] for m in learned if m.get("replicates", 1) < 2]
+    return [f"- **Design**: {', '.join(m['name'] for m in learned)} share the training protocol `{protocols.pop()}` "
+            "(a case is equally far out of distribution for each); a difference counts only beyond the rows' spread"
+            + (f". {', '.join(single)} had one trained model each, so their training variance is unknown and "
+               "their spread counts as zero: a verdict between one of them and another row rests on that row's "
+               "spread alone." if single else
+               f", measured over at least {replicates} trained models each.")]
 
 
 def _claim_text(results, nrmse, ssim, kept, pull) -> list:

@@ -84,6 +84,23 @@ VARIANTS = {
 }
 
 
+def training_effort(model) -> Optional[str]:
+    """How much training a model had, from its record: a network's steps, patches, wall time and
+    device, and how it did against trilinear on held-out data; another model's training seconds."""
+    t = getattr(model, "training", None)
+    if not t:
+        return None
+    if "steps" in t:
+        text = (f"{t['steps']} steps ({t.get('patches_seen', '?')} patches), {t.get('wall_seconds', 0) / 60:.0f} min "
+                f"on {t.get('threads', '?')} {t.get('device', '?')} thread(s)")
+        check = t.get("heldout_check") or {}
+        if "ratio_to_trilinear" in check:
+            text += f"; held-out NRMSE {check['ratio_to_trilinear']:.2f}× trilinear's"
+        return text
+    seconds = t.get("train_seconds_total", t.get("train_seconds"))
+    return f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else None
+
+
 def _models_for(name: str, method: str, models: dict) -> list:
     """The row's models: those given in ``models`` (one or several replicates), else the shipped one
     (a variant's by its name)."""
@@ -339,7 +356,8 @@ class StudyRun:
                          "training_simulation": (r.model.training.get("simulation") if hasattr(r.model, "training")
                                                  else None),
                          "protocol": (r.model.training.get("protocol", {}).get("name")
-                                      if hasattr(r.model, "training") else None)}
+                                      if hasattr(r.model, "training") else None),
+                         "training_effort": training_effort(r.model)}
                         for r in self.runs if r.replicate == 0],
             "missing": self.missing,
             "cases": [dict(name=c.name, **self.case_info[c.name]) for c in config.cases],
