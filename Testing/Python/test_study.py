@@ -414,6 +414,21 @@ def test_one_training_protocol_for_every_learned_row(icbm_t1, tmp_path):
         protocol_models(folder)
 
 
+def test_shipped_networks_stand_beside_protocol_networks_only():
+    """With other models for dl (a protocol run) the shipped DL is a row of its own, ``dl-shipped``;
+    without them it would repeat ``dl`` and is left out."""
+    from IQTEnhanceApps.study.runner import resolve_methods
+    from IQTEnhanceLib.models import default_model_path, load_model
+
+    plain, _ = resolve_methods()
+    assert "dl-shipped" not in {r.name for r in plain} and "ddl-shipped" not in {r.name for r in plain}
+    given = load_model(default_model_path("dl"))
+    runs, _ = resolve_methods(models={"dl": [given]})
+    by_name = {r.name: r for r in runs}
+    assert "dl-shipped" in by_name and "ddl-shipped" not in by_name
+    assert by_name["dl-shipped"].model.name == "dl_t1_x4" and by_name["dl"].model is given
+
+
 def test_training_effort_of_a_network_says_steps_time_and_held_out_ratio():
     from types import SimpleNamespace
 

@@ -25,7 +25,8 @@ TIE_NRMSE_PERCENT = 1.0   # % of DL's NRMSE
 TIE_DROP_POINTS = 0.5     # percentage points of gain over trilinear
 TIE_PULL_POINTS = 1.0     # percentage points of pull to the training mean
 SELF_ROWS = ("linear-self", "srep-self")  # learned from each case's LQ scan alone (model "self")
-STUDY_ORDER = ("nearest", "trilinear", "bspline", "linear", "forest", "srep", PAPER_SREP, "ddl", DDL_K128, "dl") + SELF_ROWS
+STUDY_ORDER = ("nearest", "trilinear", "bspline", "linear", "forest", "srep", PAPER_SREP,
+               "ddl", DDL_K128, "ddl-shipped", "dl", "dl-shipped") + SELF_ROWS
 
 
 # ---------------------------------------------------------------------------------------------

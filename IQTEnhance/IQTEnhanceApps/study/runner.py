@@ -77,11 +77,17 @@ VARIANTS = {
                  "the paper's own formulation: joint coupled [LQ; HQ] dictionaries, no ridge part"),
     DDL_K128: ("ddl", "IQT-DDL, K = 128", "ddl_k128_t1_x4",
                "the paper's larger dictionary: 128 atoms against the default 64 (quality and time)"),
+    "dl-shipped": ("dl", "IQT-DL, shipped model", "dl_t1_x4",
+                   "the shipped network beside the protocol's (trained on its own simulation)"),
+    "ddl-shipped": ("ddl", "IQT-DDL, shipped model", "ddl_t1_x4",
+                    "the shipped network beside the protocol's (trained on its own simulation)"),
     "linear-self": ("linear", "Linear, learned from the scan", SELF,
                     "no template: the regression learned from the case's own LQ scan"),
     "srep-self": ("srep", "IQT-SRep, learned from the scan", SELF,
                   "no template: the coupled dictionaries learned from the case's own LQ scan"),
 }
+# rows shown only when their base row has other models (a protocol run): else they repeat the base row
+SHIPPED_BESIDE = {"dl-shipped": "dl", "ddl-shipped": "ddl"}
 
 
 def training_effort(model) -> Optional[str]:
@@ -144,7 +150,8 @@ def resolve_methods(requested: Optional[list] = None, models: Optional[dict] = N
     if unknown:
         raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     names = list(requested) if requested else sorted(
-        known, key=lambda m: STUDY_ORDER.index(m) if m in STUDY_ORDER else len(STUDY_ORDER))
+        (m for m in known if m not in SHIPPED_BESIDE or SHIPPED_BESIDE[m] in models),
+        key=lambda m: STUDY_ORDER.index(m) if m in STUDY_ORDER else len(STUDY_ORDER))
     present = set(available_methods())
     runs, missing = [], {}
     for name in names:
