@@ -6,8 +6,12 @@ several seeds each, into one folder for ``iqt-enhance benchmark quality --protoc
     python Tools/train_protocol.py --out protocol-models --rows linear srep srep-paper --seeds 0 1 2
     python Tools/train_protocol.py --out protocol-models --rows dl ddl ddl-k128 --network-minutes 30 --device cuda
 
-Time on 2 CPU cores per model: linear ~1 min, forest a few min, srep and srep-paper ~10 min; the
-networks take their budget (``--network-minutes``, default 20, stopping earlier at convergence).
+Measured on 2 cores with ``--threads 1`` and two such trainings side by side: linear ~1 min, forest ~2 min,
+srep 3-4 min, srep-paper 2-3 min per model.  The networks take their budget (``--network-minutes``,
+default 20), or stop at convergence once past half of it: with a 44-minute budget on one thread the DL
+and DDL of ``iqt-study-1`` stopped after 22-23 min at 0.85-0.88x the interpolation's validation loss,
+still on the plateau that the shipped networks (trained without low-field draws) left after ~600
+steps; a GPU run (``--device cuda``) is the way to networks trained to the end.
 """
 import argparse
 import sys

@@ -414,6 +414,26 @@ def test_one_training_protocol_for_every_learned_row(icbm_t1, tmp_path):
         protocol_models(folder)
 
 
+def test_a_dl_worse_than_linear_in_distribution_makes_the_claim_check_uninformative():
+    """DL losing to linear regression in distribution is an under-trained network: the headline says
+    the wins over it are no evidence, and compares with the shipped DL instead."""
+    from IQTEnhanceApps.study.measures import aggregate
+    from IQTEnhanceApps.study.report import _undertrained_reference
+
+    cases = [{"name": "ind", "group": "in distribution"}, {"name": "ood", "group": "out of distribution"}]
+    values = {("ind", "linear"): 0.060, ("ind", "dl"): 0.075, ("ind", "dl-shipped"): 0.059, ("ind", "srep"): 0.062,
+              ("ood", "linear"): 0.110, ("ood", "dl"): 0.170, ("ood", "dl-shipped"): 0.100, ("ood", "srep"): 0.110}
+    records = [{"case": c, "method": m, "nrmse": v} for (c, m), v in values.items()]
+    results = {"cases": cases, "records": records,
+               "methods": [{"name": m} for m in ("linear", "srep", "dl", "dl-shipped")]}
+    [line] = _undertrained_reference(results, aggregate(records, "nrmse"))
+    assert "not informative" in line and "-25.0% on average" in line
+    assert "srep: ood -10.0%" in line            # 0.110 against the shipped DL's 0.100
+    values[("ind", "dl")] = 0.058                # a DL that beats linear: nothing to say
+    records = [{"case": c, "method": m, "nrmse": v} for (c, m), v in values.items()]
+    assert _undertrained_reference(dict(results, records=records), aggregate(records, "nrmse")) == []
+
+
 def test_shipped_networks_stand_beside_protocol_networks_only():
     """With other models for dl (a protocol run) the shipped DL is a row of its own, ``dl-shipped``;
     without them it would repeat ``dl`` and is left out."""
