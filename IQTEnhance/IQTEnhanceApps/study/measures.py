@@ -14,6 +14,9 @@ from IQTEnhanceLib.simulate import SimulationParameters, simulate
 
 PAPER_SREP = "srep-paper"                 # the paper's joint-dictionary SRep, beside the shipped hybrid
 DDL_K128 = "ddl-k128"                     # IQT-DDL with the paper's larger dictionary (K = 128)
+DL_SHIPPED, DDL_SHIPPED = "dl-shipped", "ddl-shipped"   # shipped networks beside a protocol run's
+# rows shown only when their base row has other models (a protocol run): else they repeat the base row
+SHIPPED_BESIDE = {DL_SHIPPED: "dl", DDL_SHIPPED: "ddl"}
 LEARNED = ("srep", "ddl", "dl")           # the paper's three methods
 CLAIM_METHODS = ("srep", PAPER_SREP, "ddl")   # the methods the claim is about, against "dl"
 BASELINE = "linear"                       # the classic baseline every gain is measured against
@@ -26,7 +29,7 @@ TIE_DROP_POINTS = 0.5     # percentage points of gain over trilinear
 TIE_PULL_POINTS = 1.0     # percentage points of pull to the training mean
 SELF_ROWS = ("linear-self", "srep-self")  # learned from each case's LQ scan alone (model "self")
 STUDY_ORDER = ("nearest", "trilinear", "bspline", "linear", "forest", "srep", PAPER_SREP,
-               "ddl", DDL_K128, "ddl-shipped", "dl", "dl-shipped") + SELF_ROWS
+               "ddl", DDL_K128, DDL_SHIPPED, "dl", DL_SHIPPED) + SELF_ROWS
 
 
 # ---------------------------------------------------------------------------------------------

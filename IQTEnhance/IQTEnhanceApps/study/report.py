@@ -10,6 +10,7 @@ from IQTEnhanceApps.study.measures import (
     BASELINE,
     CLAIM_METHODS,
     DESIGN_PAIRS,
+    DL_SHIPPED,
     PAPER_SREP,
     TIE_DROP_POINTS,
     TIE_NRMSE_PERCENT,
@@ -406,10 +407,10 @@ def _undertrained_reference(results: dict, nrmse) -> list:
     line = (f"- **The claim check is not informative here**: `dl` is worse than linear regression in distribution "
             f"({_fmt(gain_ind, 1, True)}% on average), an under-trained network (its training is in the set-up table), "
             "so the wins over it above are not evidence for the claim.")
-    if "dl-shipped" in methods:
+    if DL_SHIPPED in methods:
         parts = []
         for x in CLAIM_METHODS:
-            vals = [(c, gain(nrmse, c, x, "dl-shipped")) for c in ood]
+            vals = [(c, gain(nrmse, c, x, DL_SHIPPED)) for c in ood]
             vals = [(c, v) for c, v in vals if v is not None]
             if vals:
                 parts.append(f"{x}: " + ", ".join(f"{c} {_fmt(v, 1, True)}%" for c, v in vals))

@@ -23,6 +23,9 @@ from IQTEnhanceApps.study.cases import (
 from IQTEnhanceApps.study.figures import write_figures
 from IQTEnhanceApps.study.measures import (
     DDL_K128,
+    DDL_SHIPPED,
+    DL_SHIPPED,
+    SHIPPED_BESIDE,
     PAPER_SREP,
     STUDY_ORDER,
     lesion_measures,
@@ -77,17 +80,15 @@ VARIANTS = {
                  "the paper's own formulation: joint coupled [LQ; HQ] dictionaries, no ridge part"),
     DDL_K128: ("ddl", "IQT-DDL, K = 128", "ddl_k128_t1_x4",
                "the paper's larger dictionary: 128 atoms against the default 64 (quality and time)"),
-    "dl-shipped": ("dl", "IQT-DL, shipped model", "dl_t1_x4",
+    DL_SHIPPED: ("dl", "IQT-DL, shipped model", "dl_t1_x4",
                    "the shipped network beside the protocol's (trained on its own simulation)"),
-    "ddl-shipped": ("ddl", "IQT-DDL, shipped model", "ddl_t1_x4",
+    DDL_SHIPPED: ("ddl", "IQT-DDL, shipped model", "ddl_t1_x4",
                     "the shipped network beside the protocol's (trained on its own simulation)"),
     "linear-self": ("linear", "Linear, learned from the scan", SELF,
                     "no template: the regression learned from the case's own LQ scan"),
     "srep-self": ("srep", "IQT-SRep, learned from the scan", SELF,
                   "no template: the coupled dictionaries learned from the case's own LQ scan"),
 }
-# rows shown only when their base row has other models (a protocol run): else they repeat the base row
-SHIPPED_BESIDE = {"dl-shipped": "dl", "ddl-shipped": "ddl"}
 
 
 def training_effort(model) -> Optional[str]:
