@@ -13,10 +13,10 @@ time grows with the support (21 atoms per patch at λ 0.1, 32 at 0.05): hence λ
 import sys
 
 import shipping
+from IQTEnhanceLib.methods.srep import HYBRID_INFERENCE_LAM
 from IQTEnhanceLib.simulate import SimulationParameters
 
 NAME = "srep_t1_x4"
-INFERENCE_LAM = 0.1
 
 
 def model_lines(model) -> list:
@@ -55,7 +55,7 @@ def train_model(name: str, seed: int, factor: int = 4, contrast: str = "t1", for
     model = shipping.train("srep", name, seed, factor=factor, contrast=contrast,
                            simulation=SimulationParameters(snr=20.0), formulation=formulation)
     if formulation == "ridge-residual":
-        model.params["inference_lam"] = INFERENCE_LAM
+        model.params["inference_lam"] = HYBRID_INFERENCE_LAM
     return model
 
 

@@ -235,6 +235,9 @@ def _gain_section(results: dict, nrmse) -> list:
     return L + [_table(["method"] + [f"`{c}`" for c in case_names] + ["mean in distribution", "mean OOD"], rows), ""]
 
 
+_VERDICT_WORDS = {"yes": "better", "no": "worse", "tie": "tie", "–": "–"}
+
+
 def _design_pairs_section(results: dict) -> list:
     """What one design choice adds (:data:`DESIGN_PAIRS`): the ridge part of the hybrid SRep, DDL's
     larger dictionary; per case, % lower NRMSE with its verdict, and the seconds per case."""
@@ -254,9 +257,6 @@ def _design_pairs_section(results: dict) -> list:
                      [cells + [_fmt(pair["mean_in_distribution"], 1, True), _fmt(pair["mean_ood"], 1, True),
                                f"{_fmt(s_row, 1)} vs {_fmt(s_other, 1)}"]]), ""]
     return L
-
-
-_VERDICT_WORDS = {"yes": "better", "no": "worse", "tie": "tie", "–": "–"}
 
 
 def _design_pairs_headline(results: dict) -> list:
@@ -424,7 +424,7 @@ def _design_caveat(results: dict) -> list:
     """What the design can tell: the claim compares learned rows out of distribution, which is only a
     like-for-like comparison when their models share one training protocol, and a difference only
     counts beyond the training spread when there are replicates."""
-    learned = [m for m in results["methods"] if m["name"] in ("srep", PAPER_SREP, "ddl", "dl")]
+    learned = [m for m in results["methods"] if m["name"] in CLAIM_METHODS + ("dl",)]
     if not learned:
         return []
     protocols = {m.get("protocol") for m in learned}
