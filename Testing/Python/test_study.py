@@ -461,28 +461,45 @@ def test_training_effort_of_a_network_says_steps_time_and_held_out_ratio():
 
 
 def test_lambda_sweep_and_computational_profile(tmp_path):
-    """``--lambda-sweep``: the srep model coded at each λ as rows ``srep@λ`` and a λ table; every run
-    records its peak resident memory, and the profile table gives it per method."""
+    """``--lambda-sweep``: an SRep row's model coded at each λ as rows ``ROW@λ`` and a λ table beside
+    the model's own λ (default row: the paper's SRep); every run records its peak resident memory,
+    and the profile table gives it per method."""
     from IQTEnhanceApps import cli
+    from IQTEnhanceApps.study.runner import lambda_sweep_runs, resolve_methods
+    from IQTEnhanceLib.errors import InputError
 
     out = tmp_path / "sweep"
     code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "trilinear", "srep",
-                     "--cases", "in_distribution", "--no-figures", "-q", "--lambda-sweep", "0.02", "0.3"])
+                     "--cases", "in_distribution", "--no-figures", "-q", "--lambda-sweep", "0.02", "0.3",
+                     "--lambda-sweep-rows", "srep"])
     assert code == 0
     saved = json.loads((out / "results.json").read_text())
     by_row = {r["method"]: r for r in saved["records"]}
     assert {"srep@0.02", "srep@0.3"} <= set(by_row)
     assert by_row["srep@0.02"]["nrmse"] != by_row["srep@0.3"]["nrmse"]      # λ changes the codes
     assert all(r["peak_rss_mb"] is None or r["peak_rss_mb"] > 10 for r in saved["records"])
+    own = next(m["lam"] for m in saved["methods"] if m["name"] == "srep")
+    assert own == pytest.approx(0.1)                 # the shipped hybrid's inference λ
     report = (out / "README.md").read_text()
-    _, sweep = _table_rows(report, "### SRep λ sweep")
-    assert list(sweep) == ["0.02", "0.3"]
-    assert float(sweep["0.02"][0]) == pytest.approx(by_row["srep@0.02"]["nrmse"], abs=1e-4)
+    _, sweep = _table_rows(report, "### λ sweep of `srep`")
+    assert list(sweep) == ["0.02", "0.1 (the model's own)", "0.3"]
+    assert float(sweep["0.02"][0].strip("*")) == pytest.approx(by_row["srep@0.02"]["nrmse"], abs=1e-4)
+    assert float(sweep["0.1 (the model's own)"][0].strip("*")) == pytest.approx(by_row["srep"]["nrmse"], abs=1e-4)
+    assert sum("**" in v[0] for v in sweep.values()) == 1
+    assert "--lambda-sweep 0.02 0.3 --lambda-sweep-rows srep" in report
     header, profile = _table_rows(report, "### Computational profile")
     assert header[-1] == "peak RSS (MB)" and set(profile) == {"`trilinear`", "`srep`", "`srep@0.02`", "`srep@0.3`"}
     import sys
     if sys.platform.startswith("linux"):
         assert float(profile["`srep`"][-1]) > 10
+    # the default swept row is the paper's SRep (its shipped model when the study has no such row)
+    runs = lambda_sweep_runs(resolve_methods(["trilinear"])[0], [0.01])
+    assert [r.name for r in runs] == ["srep-paper@0.01"] and runs[0].options["lam"] == 0.01
+    assert runs[0].model.params.get("formulation") == "joint"
+    with pytest.raises(InputError, match="positive"):
+        lambda_sweep_runs([], [0.0])
+    with pytest.raises(InputError, match="codes srep or srep-paper"):
+        lambda_sweep_runs([], [0.1], rows=("linear",))
 
 
 def test_the_headline_says_what_the_design_can_tell():
@@ -502,3 +519,100 @@ def test_the_headline_says_what_the_design_can_tell():
     [line] = _design_caveat(one_network)
     assert "ddl, dl had one trained model each" in line and "training variance is unknown" in line
     assert _design_caveat({"methods": [{"name": "linear"}]}) == []
+
+
+def test_a_study_resumes_and_extends_without_rerunning_what_it_has(tmp_path, monkeypatch, capsys):
+    """``--resume``: a run cut short keeps the cases it finished (a checkpoint after every case, no
+    report); resuming runs only the missing records; adding a row runs only that row, and adding the
+    pathology case reruns its lesion-free twin's outputs without recording them again; a run under
+    another set-up is refused."""
+    from IQTEnhanceApps import cli
+    from IQTEnhanceApps.cli.main import EXIT_INTERRUPTED
+    from IQTEnhanceApps.study import runner
+    from IQTEnhanceLib.errors import CancelledError, InputError
+
+    out = tmp_path / "resume"
+    base = ["benchmark", "quality", "--fixtures", "--out", str(out), "-q", "--cases", "in_distribution", "ood_low_snr"]
+    calls = []
+    real_enhance = runner.StudyRun.enhance
+
+    def counting(self, run, case, data, seed):
+        calls.append((case.name, run.name))
+        if case.name == "ood_low_snr" and stop_at_low_snr:
+            raise CancelledError("killed")          # the session ends in the middle of the second case
+        return real_enhance(self, run, case, data, seed)
+
+    monkeypatch.setattr(runner.StudyRun, "enhance", counting)
+    stop_at_low_snr = True
+    assert cli.main(base + ["--methods", "nearest", "trilinear"]) == EXIT_INTERRUPTED
+    assert "--resume" in capsys.readouterr().err
+    assert not (out / "results.json").exists() and not (out / "README.md").exists()   # no half-made report
+    partial = json.loads((out / runner.CHECKPOINT).read_text())
+    assert {(r["case"], r["method"]) for r in partial["records"]} == {
+        ("in_distribution", "nearest"), ("in_distribution", "trilinear")}
+
+    stop_at_low_snr, calls[:] = False, []
+    assert cli.main(base + ["--methods", "nearest", "trilinear", "--resume"]) == 0
+    assert sorted(calls) == [("ood_low_snr", "nearest"), ("ood_low_snr", "trilinear")]
+    resumed = json.loads((out / "results.json").read_text())
+    assert not (out / runner.CHECKPOINT).exists() and len(resumed["records"]) == 4
+    assert resumed["seconds"] > partial["seconds"] and resumed["resumed"]
+    kept = {(r["case"], r["method"]): r["nrmse"] for r in resumed["records"]}
+    assert kept[("in_distribution", "nearest")] == next(
+        r["nrmse"] for r in partial["records"] if r["method"] == "nearest")
+
+    calls[:] = []      # one more row and the pathology case
+    assert cli.main(base + ["pathology", "--methods", "nearest", "trilinear", "bspline", "--resume"]) == 0
+    assert sorted(calls) == sorted([("in_distribution", "nearest"), ("in_distribution", "trilinear"),  # the twin
+                                    ("in_distribution", "bspline"), ("ood_low_snr", "bspline"),
+                                    ("pathology", "nearest"), ("pathology", "trilinear"), ("pathology", "bspline")])
+    extended = json.loads((out / "results.json").read_text())
+    assert len(extended["records"]) == 9
+    assert {(r["case"], r["method"]): r["nrmse"] for r in extended["records"]
+            if r["case"] != "pathology" and r["method"] != "bspline"} == kept
+    report = (out / "README.md").read_text()
+    _, rows = _table_rows(report, "### NRMSE in the brain mask")
+    assert set(rows) == {"`nearest`", "`trilinear`", "`bspline`"} and all(v != "-" for v in rows["`bspline`"])
+    _, lesions = _table_rows(report, "### Lesions (`pathology`)")
+    assert 20 < float(lesions["`bspline`"][1]) < 100   # measured against its twin's output
+    reproduce = re.search(r"Reproduce: `([^`]*)`", report).group(1)
+    assert "--methods nearest trilinear bspline" in reproduce and "--resume" not in reproduce
+    assert "over runs extended with `--resume`" in report
+
+    calls[:] = []      # nothing left to do: nothing runs
+    assert cli.main(base + ["pathology", "--methods", "nearest", "trilinear", "bspline", "--resume"]) == 0
+    assert calls == []
+    results = json.loads((out / "results.json").read_text())
+    results["factor"] = 3                                  # measured at another factor: not comparable
+    (out / "results.json").write_text(json.dumps(results))
+    config = runner.StudyConfig(out_dir=out, cases=study.fixture_cases()[:1], fixtures=True, resume=True)
+    with pytest.raises(InputError, match="factor 3 there, 4 here"):
+        runner.previous_results(config)
+
+
+def test_full_is_the_whole_study_and_the_report_names_the_command_that_reproduces_it(monkeypatch, tmp_path):
+    """``--full``: every case (the thicker-slice one too) and the λ sweep, one noise seed; the
+    recorded command names every choice that changes what is measured, never --out or --resume."""
+    from IQTEnhanceApps import cli
+    from IQTEnhanceApps.study import command as study_command
+    from IQTEnhanceApps.study.runner import FULL_LAMBDA_SWEEP
+
+    seen = {}
+
+    def fake_run(config, **kwargs):
+        seen["config"] = config
+        return {"seconds": 1.0, "missing": {}}
+
+    monkeypatch.setattr(study_command, "run_study", fake_run)
+    assert cli.main(["benchmark", "quality", "--full", "--out", str(tmp_path), "-q"]) == 0
+    config = seen["config"]
+    assert "ood_thick" in [c.name for c in config.cases] and config.seeds == (0,)
+    assert config.lambda_sweep == FULL_LAMBDA_SWEEP and config.lambda_sweep_rows == ("srep-paper",)
+    assert config.command == "iqt-enhance benchmark quality --full"
+    assert cli.main(["benchmark", "quality", "--out", str(tmp_path), "--resume", "-q", "--methods", "linear", "srep",
+                     "--cases", "in_distribution", "--seeds", "1", "2", "--model", "srep=/x/m.iqtm",
+                     "--lambda-sweep", "0.02", "--lambda-sweep-rows", "srep"]) == 0
+    config = seen["config"]
+    assert config.resume and config.lambda_sweep == (0.02,)
+    assert config.command == ("iqt-enhance benchmark quality --model srep=FILE --methods linear srep "
+                              "--cases in_distribution --seeds 1 2 --lambda-sweep 0.02 --lambda-sweep-rows srep")

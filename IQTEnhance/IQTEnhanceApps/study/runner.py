@@ -177,19 +177,43 @@ def resolve_methods(requested: Optional[list] = None, models: Optional[dict] = N
     return runs, missing
 
 
-def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None) -> list:
-    """Rows ``srep@λ``: the ``srep`` row's model (its first replicate, else the shipped one) coded at
-    each inference λ of ``lambdas``."""
+SWEEPABLE = ("srep", PAPER_SREP)   # rows whose model a λ sweep can code at other λ
+# --full's λ sweep around the joint SRep's own 0.05 (the row itself).  It stops at 0.02 below: on the
+# whole Colin27 case (protocol model, 1 thread) λ 0.01 coded in 513 s against 75 s at 0.2, for NRMSE
+# 0.0665 against 0.0663 at 0.05; the support, and the cost, keep growing toward 0.001.
+FULL_LAMBDA_SWEEP = (0.02, 0.1, 0.2)
+
+
+def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None, rows=(PAPER_SREP,)) -> list:
+    """Rows ``ROW@λ`` for each row of ``rows`` (default: the paper's SRep, whose λ the paper
+    discusses): the row's model (its first replicate, else the shipped one) coded at each inference
+    λ of ``lambdas``."""
     if not lambdas:
         return []
-    base = next((r for r in runs if r.name == "srep" and r.replicate == 0), None)
-    if base is None:
-        base = resolve_methods(["srep"], models)[0][0]
     bad = [lam for lam in lambdas if not lam > 0]
     if bad:
         raise InputError(f"the λ sweep takes positive values (got {', '.join(map(str, bad))})")
-    return [MethodRun(f"srep@{lam:g}", f"IQT-SRep, λ = {lam:g}", base.model, dict(base.options, lam=float(lam)),
-                      base.trust_option, "srep") for lam in lambdas]
+    unknown = [row for row in rows if row not in SWEEPABLE]
+    if unknown:
+        raise InputError(f"a λ sweep codes {' or '.join(SWEEPABLE)} (got {', '.join(unknown)})")
+    out = []
+    for row in rows:
+        base = next((r for r in runs if r.name == row and r.replicate == 0), None)
+        if base is None:
+            found, missing = resolve_methods([row], models)
+            if missing:
+                raise ModelError(f"the λ sweep of {row}: {missing[row]}")
+            base = found[0]
+        out += [MethodRun(f"{row}@{lam:g}", f"{base.label}, λ = {lam:g}", base.model, dict(base.options, lam=float(lam)),
+                          base.trust_option, "srep") for lam in lambdas]
+    return out
+
+
+def model_lambda(model) -> Optional[float]:
+    """The λ an SRep model codes at by default (its inference λ, else its training λ)."""
+    params = getattr(model, "params", None) or {}
+    lam = params.get("inference_lam", params.get("lam"))
+    return float(lam) if isinstance(lam, (int, float)) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +234,9 @@ class StudyConfig:
     figures: bool = True
     command: str = "iqt-enhance benchmark quality"
     protocol: Optional[dict] = None      # the training protocol of the models given (study.protocol)
-    lambda_sweep: tuple = ()             # extra srep rows at these inference λ (the paper's λ check)
+    lambda_sweep: tuple = ()             # extra rows ROW@λ: a row's model coded at these λ (the paper's λ check)
+    lambda_sweep_rows: tuple = (PAPER_SREP,)  # the rows swept (:data:`SWEEPABLE`)
+    resume: bool = False                 # keep the records already in out_dir (see :func:`previous_results`)
 
 
 def _figure_slice(data: CaseData) -> int:
@@ -230,7 +256,7 @@ class StudyRun:
     def __init__(self, config: StudyConfig, reporter, log):
         self.config, self.reporter, self.log = config, reporter, log
         self.runs, self.missing = resolve_methods(config.methods, config.models)
-        self.runs += lambda_sweep_runs(self.runs, config.lambda_sweep, config.models)
+        self.runs += lambda_sweep_runs(self.runs, config.lambda_sweep, config.models, config.lambda_sweep_rows)
         self.rss_measured = False        # whether the current run's peak memory was reset before it
         if not self.runs:
             raise InputError("no method to evaluate")
@@ -248,8 +274,54 @@ class StudyRun:
         self.case_info = {}
         self.needed_twins = {c.paired_with for c in config.cases if c.paired_with}
         self.by_name = {c.name: c for c in config.cases}
-        self.total = (len(config.cases) + len(self.needed_twins - names)) * len(config.seeds) * len(self.runs)
+        self.earlier_seconds = 0.0  # wall time of the earlier runs whose records are kept (resume)
+        self.kept = {}              # (case, seed, row, replicate) -> a record kept from an earlier run
+        if config.resume:
+            self.keep_previous(previous_results(config))
+        self.total = sum(len(self.pending(c, seed)) for c in self.case_order() for seed in config.seeds)
         self.done = 0
+
+    def keep_previous(self, previous: Optional[dict]) -> None:
+        """Take over an earlier run's records whose case, seed, row, replicate and model checksum this
+        run would produce again (with their lesion rows, case descriptions and figure slices); the rest
+        (other rows or cases, failures, changed models) is run anew or dropped."""
+        if previous is None:
+            return
+        # by row and model checksum, not replicate number: a new replicate may sort before the old ones
+        wanted = {(r.name, getattr(r.model, "checksum", None)): r.replicate for r in self.runs}
+        cases = {c.name for c in self.config.cases}
+        for rec in previous["records"]:
+            replicate = wanted.get((rec["method"], rec.get("model_sha256")))
+            if replicate is not None and rec["case"] in cases and rec["seed"] in self.config.seeds:
+                self.kept[(rec["case"], rec["seed"], rec["method"], replicate)] = dict(rec, replicate=replicate)
+        self.records = list(self.kept.values())
+        kept_rows = {(k[0], k[1], k[2]) for k in self.kept}
+        self.lesion_tables = [row for row in previous.get("lesions", [])
+                              if (row["case"], row["seed"], row["method"]) in kept_rows]
+        self.case_info = {c["name"]: {k: v for k, v in c.items() if k != "name"}
+                          for c in previous.get("cases", []) if c["name"] in cases}
+        slices = Path(self.config.out_dir) / FIGURE_SLICES
+        if slices.exists() and self.config.seeds[0] == previous["seeds"][0]:
+            self.figure_data = {case: fd for case, fd in load_figure_slices(slices).items() if case in cases}
+            kept_cells = {(k[0], k[2]) for k in self.kept}
+            for case, fd in self.figure_data.items():
+                for kind in ("outputs", "trust"):
+                    fd[kind] = {m: a for m, a in fd[kind].items() if (case, m) in kept_cells}
+        self.earlier_seconds = float(previous.get("seconds", 0.0))
+        self.log(f"resuming: {len(self.kept)} record(s) kept from {self.config.out_dir}")
+
+    def pending(self, case, seed: int) -> list:
+        """The runs ``case`` needs for ``seed``: those without a kept record, and for a twin case
+        (whose outputs the pathology case compares with) also those its paired case still needs."""
+        def missing(case_name):
+            return [r for r in self.runs if (case_name, seed, r.name, r.replicate) not in self.kept]
+
+        if case.name not in self.needed_twins:
+            return missing(case.name) if case.name in self.by_name else []
+        needed = {(r.name, r.replicate) for c in self.config.cases if c.paired_with == case.name
+                  for r in missing(c.name)}
+        own = {(r.name, r.replicate) for r in missing(case.name)} if case.name in self.by_name else set()
+        return [r for r in self.runs if (r.name, r.replicate) in needed | own]
 
     def case_order(self) -> list:
         """Twins first so the pathology case finds them; a twin not itself in the study is run unreported."""
@@ -258,10 +330,14 @@ class StudyRun:
             order.insert(0, dataclasses.replace(next(c for c in default_cases(True) if c.name == twin), name=twin))
         return order
 
-    def run_seed(self, seed: int) -> None:
+    def run_seed(self, seed: int, checkpoint=None) -> None:
+        """Run every case for ``seed``; ``checkpoint()`` after each case that ran something."""
         twin_outputs = {}   # case name -> {"truth": array, method: array}
         for case in self.case_order():
-            self.run_case(case, seed, twin_outputs)
+            if self.pending(case, seed):
+                self.run_case(case, seed, twin_outputs)
+                if checkpoint is not None:
+                    checkpoint()
 
     def run_case(self, case, seed: int, twin_outputs: dict) -> None:
         config = self.config
@@ -282,17 +358,17 @@ class StudyRun:
         fig_j = _figure_slice(data)
         scale = intensity_scale(data.lq.array)   # once per case, for every method's pull measure
         if reported and seed == config.seeds[0]:
-            self.figure_data[case.name] = {"j": fig_j, "truth": truth[:, fig_j, :].copy(),
-                                           "mask": data.mask[:, fig_j, :].copy(), "lq": None, "outputs": {},
-                                           "trust": {}}
-        for run in self.runs:
+            fd = self.figure_data.setdefault(case.name, {"outputs": {}, "trust": {}})
+            fd.update({"j": fig_j, "truth": truth[:, fig_j, :].copy(), "mask": data.mask[:, fig_j, :].copy(),
+                       "lq": None})
+        for run in self.pending(case, seed):
             result = self.enhance(run, case, data, seed)
             self.done += 1
             if result is None:
                 continue
             if case.name in self.needed_twins:
                 twin_outputs[case.name][run.key] = result[0].volume.array
-            if reported:
+            if reported and (case.name, seed, run.name, run.replicate) not in self.kept:
                 twin = twin_outputs.get(case.paired_with) if case.paired_with else None
                 self.record(run, case, data, seed, result, twin, fig_j, scale)
 
@@ -365,13 +441,15 @@ class StudyRun:
                                                  else None),
                          "protocol": (r.model.training.get("protocol", {}).get("name")
                                       if hasattr(r.model, "training") else None),
-                         "training_effort": training_effort(r.model)}
+                         "training_effort": training_effort(r.model),
+                         "lam": r.options.get("lam") or (model_lambda(r.model) if r.method == "srep" else None)}
                         for r in self.runs if r.replicate == 0],
             "missing": self.missing,
-            "cases": [dict(name=c.name, **self.case_info[c.name]) for c in config.cases],
+            "cases": [dict(name=c.name, **self.case_info[c.name]) for c in config.cases if c.name in self.case_info],
             "records": self.records, "lesions": self.lesion_tables, "failures": self.failures,
-            "seconds": seconds,
+            "seconds": self.earlier_seconds + seconds,
             "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}",
+            "engine_version": _engine_version(), "resumed": bool(self.kept),
         }
 
 
@@ -383,19 +461,60 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     study = StudyRun(config, reporter, log)
+
+    def checkpoint():
+        """Save what is measured so far (records and figure slices) in CHECKPOINT: a killed or
+        cancelled run loses at most one case, and ``--resume`` goes on from there.  results.json and
+        the report are written only when the run completes (the checkpoint is then removed)."""
+        if config.figures:
+            save_figure_slices(study.figure_data, out_dir / FIGURE_SLICES)
+        write_json_atomic(out_dir / CHECKPOINT, study.results(time.perf_counter() - started), indent=1)
+
     for seed in config.seeds:
-        study.run_seed(seed)
+        study.run_seed(seed, checkpoint)
     results = study.results(time.perf_counter() - started)
     if config.figures:
         save_figure_slices(study.figure_data, out_dir / FIGURE_SLICES)
         results["figures"] = write_figures(results, study.figure_data, out_dir)
     write_json_atomic(out_dir / "results.json", results, indent=1)
     write_text_atomic(out_dir / "README.md", render_report(results))
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
     reporter(1.0, "benchmark done", force=True)
     return results
 
 
 FIGURE_SLICES = "figure_slices.npz"  # the slices the figures show, to redraw them without a rerun
+CHECKPOINT = "checkpoint.json"       # the records of a run not finished yet (--resume reads it first)
+
+
+def _engine_version() -> str:
+    from IQTEnhanceLib import __version__
+
+    return __version__
+
+
+def previous_results(config: StudyConfig) -> Optional[dict]:
+    """The results an earlier run left in ``config.out_dir`` (its checkpoint when it was cut short,
+    else its results.json), or None when there are none.  Raises InputError when they were measured under another set-up (factor, axis,
+    device, data, engine version, or a case of the same name defined differently): their records
+    would not be comparable with new ones."""
+    source = Path(config.out_dir) / CHECKPOINT
+    if not source.exists():
+        source = Path(config.out_dir) / "results.json"
+    if not source.exists():
+        return None
+    previous = json.loads(source.read_text())
+    mine = {"factor": config.factor, "axis": config.axis, "device": config.device, "fixtures": config.fixtures}
+    differ = [f"{k} {previous.get(k)!r} there, {v!r} here" for k, v in mine.items() if previous.get(k) != v]
+    if previous.get("engine_version", _engine_version()) != _engine_version():
+        differ.append(f"engine {previous['engine_version']} there, {_engine_version()} here")
+    described = {c["name"]: c.get("description") for c in previous.get("cases", [])}
+    differ += [f"case {c.name} is defined differently" for c in config.cases
+               if c.name in described and described[c.name] != c.describe(config.factor)]
+    if differ:
+        raise InputError(f"cannot resume from {source}: it was measured under another set-up ({'; '.join(differ)}); "
+                         "choose another --out or drop --resume")
+    return previous
 
 
 def save_figure_slices(figure_data: dict, path: Path) -> None:
