@@ -295,9 +295,12 @@ class StudyRun:
             if replicate is not None and rec["case"] in cases and rec["seed"] in self.config.seeds:
                 self.kept[(rec["case"], rec["seed"], rec["method"], replicate)] = dict(rec, replicate=replicate)
         self.records = list(self.kept.values())
-        kept_rows = {(k[0], k[1], k[2]) for k in self.kept}
+        # a lesion row belongs to a kept record by its model's checksum (rows of older runs: by row)
+        kept_models = {(r["case"], r["seed"], r["method"], r.get("model_sha256")) for r in self.records}
+        kept_rows = {k[:3] for k in kept_models}
         self.lesion_tables = [row for row in previous.get("lesions", [])
-                              if (row["case"], row["seed"], row["method"]) in kept_rows]
+                              if ((row["case"], row["seed"], row["method"], row["model_sha256"]) in kept_models
+                                  if "model_sha256" in row else (row["case"], row["seed"], row["method"]) in kept_rows)]
         self.case_info = {c["name"]: {k: v for k, v in c.items() if k != "name"}
                           for c in previous.get("cases", []) if c["name"] in cases}
         slices = Path(self.config.out_dir) / FIGURE_SLICES
@@ -413,7 +416,8 @@ class StudyRun:
             lm = lesion_measures(output, truth, data.lesion_index, data.lesions,
                                  twin.get(run.key) if twin else None, twin["truth"] if twin else None)
             for row in lm.pop("per_lesion"):
-                self.lesion_tables.append({"case": case.name, "seed": seed, "method": run.name, **row})
+                self.lesion_tables.append({"case": case.name, "seed": seed, "method": run.name,
+                                           "model_sha256": rec["model_sha256"], **row})
             rec.update(lm)
         self.records.append(rec)
         if case.name in self.figure_data and seed == self.config.seeds[0]:
