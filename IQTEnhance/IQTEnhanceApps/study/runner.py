@@ -406,7 +406,7 @@ class StudyRun:
         output, truth = result.volume.array, data.hq.array
         rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
                "model_sha256": getattr(run.model, "checksum", None),
-               "peak_rss_mb": peak_rss_mb() if self.rss_measured else None}
+               "peak_rss_mb": peak_rss_mb() if self.rss_measured else None, "threads": _torch_threads()}
         rec.update({k: v for k, v in evaluate_arrays(output, truth, data.mask).items() if k != "voxels"})
         rec.update(regression_to_mean(output, truth, data.mask, scale, self.mu_train))
         trust = next((v for k, v in result.extras.items() if "trust" in k), None)
@@ -489,6 +489,15 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
 
 FIGURE_SLICES = "figure_slices.npz"  # the slices the figures show, to redraw them without a rerun
 CHECKPOINT = "checkpoint.json"       # the records of a run not finished yet (--resume reads it first)
+
+
+def _torch_threads() -> Optional[int]:
+    """torch's CPU threads during a run (records of a resumed study may come from runs with different
+    thread counts, which their seconds depend on); None without torch."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
 
 
 def _engine_version() -> str:
