@@ -407,6 +407,7 @@ def test_one_training_protocol_for_every_learned_row(icbm_t1, tmp_path):
     assert pair["mean_in_distribution"] == pytest.approx(pair["per_case"]["in_distribution"]["advantage"])
     assert pair["mean_ood"] == pytest.approx(pair["per_case"]["ood_low_snr"]["advantage"])
     assert "### What the ridge part" in report and "**What the ridge part" in report
+    assert pair["models"] == (2, 2) and "trained models: 2 and 2:" in report
 
     other = dataclasses.replace(STUDY_PROTOCOL, name="another")
     train_protocol_models(other, ["linear"], [5], folder, volumes=[icbm_t1], options=small, log=lambda *a: None)

@@ -213,8 +213,8 @@ DESIGN_PAIRS = (("srep", PAPER_SREP, "the ridge part (hybrid SRep against the pa
 
 def pair_comparison(results: dict, row: str, other: str) -> Optional[dict]:
     """How much lower ``row``'s NRMSE is than ``other``'s, per case (%), with a verdict beyond the tie
-    margin or the two rows' spread, the means in and out of distribution, and the mean seconds per
-    case of each; None when either row is absent."""
+    margin or the two rows' spread, the means in and out of distribution, the mean seconds per case
+    and the number of trained models of each; None when either row is absent."""
     nrmse = aggregate(results["records"], "nrmse")
     seconds = aggregate(results["records"], "seconds")
     cases = results["cases"]
@@ -238,8 +238,9 @@ def pair_comparison(results: dict, row: str, other: str) -> Optional[dict]:
         vals = [seconds[(c["name"], name)][0] for c in cases if (c["name"], name) in seconds]
         return float(np.mean(vals)) if vals else None
 
+    models = {m["name"]: m.get("replicates", 1) for m in results.get("methods", [])}
     return {"per_case": per_case, "mean_in_distribution": mean_in(True), "mean_ood": mean_in(False),
-            "seconds": (mean_seconds(row), mean_seconds(other))}
+            "seconds": (mean_seconds(row), mean_seconds(other)), "models": (models.get(row), models.get(other))}
 
 
 def _mean_over(agg_gain: list) -> Optional[float]:

@@ -274,10 +274,14 @@ def _design_pairs_section(results: dict) -> list:
         case_names = list(pair["per_case"])
         cells = [f"{_fmt(v['advantage'], 1, True)}% ({_VERDICT_WORDS[v['verdict']]})" for v in pair["per_case"].values()]
         s_row, s_other = pair["seconds"]
+        single = [name for name, n in zip((row, other), pair["models"]) if n == 1]
         L += [f"### What {what} adds\n",
               f"% lower NRMSE of `{row}` than `{other}` per case (verdict: better/worse beyond "
               "the tie margin or the two rows' spread, else tie); then the mean in and out of distribution and "
-              "the mean seconds per case of each:\n",
+              "the mean seconds per case of each"
+              + (f"; trained models: {pair['models'][0]} and {pair['models'][1]}" if None not in pair["models"] else "")
+              + (f" ({' and '.join(f'`{n}`' for n in single)}: one model, whose training variance is unknown and "
+                 "counts as zero)" if single else "") + ":\n",
               _table([f"`{c}`" for c in case_names] + ["mean in distribution", "mean OOD", "seconds per case"],
                      [cells + [_fmt(pair["mean_in_distribution"], 1, True), _fmt(pair["mean_ood"], 1, True),
                                f"{_fmt(s_row, 1)} vs {_fmt(s_other, 1)}"]]), ""]
