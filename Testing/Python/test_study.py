@@ -617,3 +617,31 @@ def test_full_is_the_whole_study_and_the_report_names_the_command_that_reproduce
     assert config.resume and config.lambda_sweep == (0.02,)
     assert config.command == ("iqt-enhance benchmark quality --model srep=FILE --methods linear srep "
                               "--cases in_distribution --seeds 1 2 --lambda-sweep 0.02 --lambda-sweep-rows srep")
+
+
+def test_worker_processes_measure_what_one_process_measures(tmp_path):
+    """``--jobs 2``: the cases run in two worker processes (the pathology case with its twin) and
+    give the records, lesion rows and report of a one-process run; it resumes like one."""
+    from IQTEnhanceApps import cli
+
+    base = ["benchmark", "quality", "--fixtures", "-q", "--methods", "nearest", "trilinear", "linear",
+            "--cases", "in_distribution", "ood_low_snr", "pathology", "--no-figures"]
+    assert cli.main(base + ["--out", str(tmp_path / "one")]) == 0
+    assert cli.main(base + ["--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+
+    def by_key(results, field):
+        return {(r["case"], r["method"]): r[field] for r in results["records"]}
+
+    assert by_key(two, "nrmse").keys() == by_key(one, "nrmse").keys() and len(two["records"]) == 9
+    for key, value in by_key(one, "nrmse").items():
+        assert by_key(two, "nrmse")[key] == pytest.approx(value, rel=1e-5)
+    kept = {(r["method"], r["id"]): r["kept"] for r in one["lesions"]}
+    assert {(r["method"], r["id"]): r["kept"] for r in two["lesions"]} == pytest.approx(kept, rel=1e-5)
+    assert [c["name"] for c in two["cases"]] == [c["name"] for c in one["cases"]]
+    # one more row, in workers, on top of the records there
+    assert cli.main(base[:5] + ["nearest", "trilinear", "linear", "bspline"] + base[8:]
+                    + ["--out", str(tmp_path / "two"), "--jobs", "2", "--resume"]) == 0
+    extended = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert len(extended["records"]) == 12 and by_key(extended, "nrmse").items() >= by_key(two, "nrmse").items()
+    assert cli.main(base + ["--out", str(tmp_path / "bad"), "--jobs", "0"]) == 2

@@ -54,6 +54,8 @@ def register(subparsers, request=None) -> None:
     q.add_argument("--fixtures", action="store_true",
                    help="run on the small committed crops in Testing/Data (a smoke run in seconds)")
     q.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: %(default)s)")
+    q.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes, each running whole cases with cores/N torch threads (default: 1)")
     q.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     q.add_argument("--resume", action="store_true",
                    help="go on from the results in --out (a run cut short, or one to extend with more rows, "
@@ -90,13 +92,15 @@ def cli_quality(args) -> int:
             raise InputError(f"unknown case(s) {', '.join(bad)}; choose from {', '.join(known)}")
         cases = [known[c] for c in args.cases]
     seeds = tuple(args.seeds) if args.seeds else (0,)
+    if args.jobs < 1:
+        raise InputError(f"--jobs takes a positive number of worker processes (got {args.jobs})")
     if args.full and not args.lambda_sweep:
         args.lambda_sweep = list(FULL_LAMBDA_SWEEP)
     command = reproduce_command(args)
     config = StudyConfig(out_dir=args.out, cases=cases, methods=args.methods, models=models, seeds=seeds,
                          device=args.device, fixtures=args.fixtures, figures=not args.no_figures, command=command,
                          protocol=protocol, lambda_sweep=tuple(args.lambda_sweep),
-                         lambda_sweep_rows=tuple(args.lambda_sweep_rows), resume=args.resume)
+                         lambda_sweep_rows=tuple(args.lambda_sweep_rows), resume=args.resume, jobs=args.jobs)
 
     def log(message):
         if not args.quiet:

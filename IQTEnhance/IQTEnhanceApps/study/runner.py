@@ -237,6 +237,7 @@ class StudyConfig:
     lambda_sweep: tuple = ()             # extra rows ROW@λ: a row's model coded at these λ (the paper's λ check)
     lambda_sweep_rows: tuple = (PAPER_SREP,)  # the rows swept (:data:`SWEEPABLE`)
     resume: bool = False                 # keep the records already in out_dir (see :func:`previous_results`)
+    jobs: int = 1                        # worker processes, each running whole cases (see StudyRun.run_parallel)
 
 
 def _figure_slice(data: CaseData) -> int:
@@ -253,7 +254,7 @@ class StudyRun:
     """The state of one study run: methods, the cases' data, records, failures, lesion rows, the
     slices kept for figures; :meth:`run_seed` runs every case and method for one noise seed."""
 
-    def __init__(self, config: StudyConfig, reporter, log):
+    def __init__(self, config: StudyConfig, reporter, log, mu_train: Optional[float] = None):
         self.config, self.reporter, self.log = config, reporter, log
         self.runs, self.missing = resolve_methods(config.methods, config.models)
         self.runs += lambda_sweep_runs(self.runs, config.lambda_sweep, config.models, config.lambda_sweep_rows)
@@ -264,9 +265,11 @@ class StudyRun:
         if len(names) != len(config.cases):
             raise InputError("case names must be unique")
         self.loader = dataset_loader(config.fixtures)
-        self.mu_train = training_mean(self.loader, factor=config.factor, axis=config.axis,
-                                      crop_margin=config.crop_margin)
-        log(f"training mean intensity (normalised units): {self.mu_train:.4f}")
+        if mu_train is None:
+            mu_train = training_mean(self.loader, factor=config.factor, axis=config.axis,
+                                     crop_margin=config.crop_margin)
+            log(f"training mean intensity (normalised units): {mu_train:.4f}")
+        self.mu_train = mu_train
         self.records = []           # one per case × seed × method
         self.failures = []          # method runs that raised
         self.lesion_tables = []     # per-lesion rows
@@ -325,6 +328,70 @@ class StudyRun:
                   for r in missing(c.name)}
         own = {(r.name, r.replicate) for r in missing(case.name)} if case.name in self.by_name else set()
         return [r for r in self.runs if (r.name, r.replicate) in needed | own]
+
+    def case_groups(self) -> list:
+        """[(seed, [case names])]: the units a worker runs, a pathology case together with its
+        lesion-free twin (whose outputs it compares with); only groups with something to run."""
+        groups = []
+        for seed in self.config.seeds:
+            by_key = {}
+            for case in self.case_order():
+                if self.pending(case, seed):
+                    by_key.setdefault(case.paired_with or case.name, []).append(case.name)
+            groups += [(seed, names) for names in by_key.values()]
+        return groups
+
+    def run_parallel(self, jobs: int, checkpoint=None) -> None:
+        """Run the case groups in ``jobs`` worker processes of ``cores // jobs`` torch threads each;
+        merge each group's records as it completes, then ``checkpoint()``.  Whole cases in parallel
+        use the cores better than threads inside one method run (the study's time goes to SRep's
+        batched lasso solves, which gain less than 2× from a second thread; bench_study_jobs.py
+        measures it).  Cancel terminates the workers."""
+        import multiprocessing
+
+        groups = self.case_groups()
+        threads = max(1, _cpu_count() // jobs)
+        kept = {k: v for k, v in self.kept.items()}
+        # spawn, not fork: the parent has torch (and its thread pools) loaded already
+        pool = multiprocessing.get_context("spawn").Pool(min(jobs, max(len(groups), 1)))
+        try:
+            pending = {i: pool.apply_async(_run_group, (self.config, seed, names, kept, threads, self.mu_train))
+                       for i, (seed, names) in enumerate(groups)}
+            while pending:
+                self.reporter(self.done / max(self.total, 1),
+                              f"{len(groups) - len(pending)} of {len(groups)} case groups done ({jobs} workers)")
+                ready = [i for i, r in pending.items() if r.ready()]
+                if not ready:
+                    time.sleep(0.5)
+                    continue
+                for i in ready:
+                    part = pending.pop(i).get()   # a worker's exception is raised here
+                    self.merge(part)
+                    if checkpoint is not None:
+                        checkpoint()
+        except BaseException:
+            pool.terminate()
+            raise
+        else:
+            pool.close()
+        finally:
+            pool.join()
+
+    def merge(self, part: dict) -> None:
+        """Take a worker's records, lesion rows, failures, case descriptions and figure slices."""
+        self.records += part["records"]
+        for rec in part["records"]:
+            self.log(_record_line(rec))
+        self.lesion_tables += part["lesions"]
+        self.failures += part["failures"]
+        self.done += part["runs"]
+        for name, info in part["case_info"].items():
+            self.case_info.setdefault(name, info)
+        for name, fd in part["figure_data"].items():
+            mine = self.figure_data.setdefault(name, {"outputs": {}, "trust": {}})
+            for kind in ("outputs", "trust"):
+                mine[kind].update(fd.pop(kind, {}))
+            mine.update(fd)
 
     def case_order(self) -> list:
         """Twins first so the pathology case finds them; a twin not itself in the study is run unreported."""
@@ -425,8 +492,7 @@ class StudyRun:
             fd["outputs"][run.name] = output[:, fig_j, :].copy()
             if trust is not None:
                 fd["trust"][run.name] = trust.array[:, fig_j, :].copy()
-        self.log(f"  {case.name:22s} seed {seed} {run.name:10s} NRMSE {rec['nrmse']:.4f} SSIM {rec['ssim']:.4f} "
-                 f"pull {rec['rtm_pull']:+.1f}% ({seconds:.1f} s)")
+        self.log(_record_line(rec))
 
     def results(self, seconds: float) -> dict:
         config = self.config
@@ -474,8 +540,11 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
             save_figure_slices(study.figure_data, out_dir / FIGURE_SLICES)
         write_json_atomic(out_dir / CHECKPOINT, study.results(time.perf_counter() - started), indent=1)
 
-    for seed in config.seeds:
-        study.run_seed(seed, checkpoint)
+    if config.jobs > 1:
+        study.run_parallel(config.jobs, checkpoint)
+    else:
+        for seed in config.seeds:
+            study.run_seed(seed, checkpoint)
     results = study.results(time.perf_counter() - started)
     if config.figures:
         save_figure_slices(study.figure_data, out_dir / FIGURE_SLICES)
@@ -485,6 +554,26 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     reporter(1.0, "benchmark done", force=True)
     return results
+
+
+def _record_line(rec: dict) -> str:
+    return (f"  {rec['case']:22s} seed {rec['seed']} {rec['method']:10s} NRMSE {rec['nrmse']:.4f} SSIM "
+            f"{rec['ssim']:.4f} pull {rec['rtm_pull']:+.1f}% ({rec['seconds']:.1f} s)")
+
+
+def _run_group(config: StudyConfig, seed: int, case_names: list, kept: dict, threads: int, mu_train: float) -> dict:
+    """A worker process's share of :meth:`StudyRun.run_parallel`: the cases ``case_names`` (a twin
+    first) for ``seed``, skipping the records in ``kept``; returns what it measured."""
+    import torch
+
+    torch.set_num_threads(threads)
+    cases = [c for c in config.cases if c.name in case_names]
+    sub = dataclasses.replace(config, cases=cases, resume=False, jobs=1)
+    study = StudyRun(sub, as_reporter(None, None), lambda message: None, mu_train=mu_train)  # the parent logs
+    study.kept = {k: v for k, v in kept.items() if k[0] in case_names or any(c.paired_with == k[0] for c in cases)}
+    study.run_seed(seed)
+    return {"records": study.records, "lesions": study.lesion_tables, "failures": study.failures,
+            "case_info": study.case_info, "figure_data": study.figure_data, "runs": study.done}
 
 
 FIGURE_SLICES = "figure_slices.npz"  # the slices the figures show, to redraw them without a rerun
