@@ -645,3 +645,12 @@ def test_worker_processes_measure_what_one_process_measures(tmp_path):
     extended = json.loads((tmp_path / "two" / "results.json").read_text())
     assert len(extended["records"]) == 12 and by_key(extended, "nrmse").items() >= by_key(two, "nrmse").items()
     assert cli.main(base + ["--out", str(tmp_path / "bad"), "--jobs", "0"]) == 2
+
+
+def test_seconds_from_runs_with_different_thread_counts_are_flagged():
+    from IQTEnhanceApps.study.report import _threads_note
+
+    same = {"records": [{"threads": 2}, {"threads": 2}]}
+    mixed = {"records": [{"threads": 1}, {"threads": 2}, {}]}
+    assert _threads_note(same) == ""
+    assert "(1, 2, and unrecorded ones" in _threads_note(mixed)

@@ -203,12 +203,19 @@ def _lambda_section(results: dict, agg: dict) -> list:
     first = {(r["case"], r["method"]): r for r in results["records"] if r.get("replicate", 0) == 0}
     L = []
     for row, sweep in swept.items():
-        cells = {name: ({c: first[(c, name)]["nrmse"] for c in case_names if (c, name) in first},
-                        first.get((case_names[0], name), {}).get("seconds")) for _, name in sweep}
+        def timing(name):
+            """Seconds on the first case, with torch's thread count when recorded."""
+            rec = first.get((case_names[0], name), {})
+            if rec.get("seconds") is None:
+                return None
+            return f"{rec['seconds']:.1f}" + (f" ({rec['threads']} thread{'s' * (rec['threads'] > 1)})"
+                                               if rec.get("threads") else "")
+
+        cells = {name: ({c: first[(c, name)]["nrmse"] for c in case_names if (c, name) in first}, timing(name))
+                 for _, name in sweep}
         if own.get(row) is not None and not any(lam == own[row] for lam, _ in sweep):
             sweep = sweep + [(own[row], row)]
-            cells[row] = ({c: first[(c, row)]["nrmse"] for c in case_names if (c, row) in first},
-                          first.get((case_names[0], row), {}).get("seconds"))
+            cells[row] = ({c: first[(c, row)]["nrmse"] for c in case_names if (c, row) in first}, timing(row))
         best = {c: min((v[0][c] for v in cells.values() if c in v[0]), default=None) for c in case_names}
         rows = []
         for lam, name in sorted(sweep):
@@ -216,11 +223,23 @@ def _lambda_section(results: dict, agg: dict) -> list:
             rows.append([f"{lam:g}" + (" (the model's own)" if name == row else "")]
                         + [("**" + f"{nrmse[c]:.4f}" + "**" if nrmse[c] == best[c] else f"{nrmse[c]:.4f}")
                            if c in nrmse else "-" for c in case_names]
-                        + [f"{seconds:.1f}" if seconds is not None else "-"])
+                        + [seconds or "-"])
         L += [f"### λ sweep of `{row}` (NRMSE of its first model coded at each λ; best per case in bold; "
               "the support, and the coding time, grow as λ falls)\n",
               _table(["λ"] + [f"`{c}`" for c in case_names] + [f"seconds (`{case_names[0]}`)"], rows), ""]
     return L
+
+
+def _threads_note(results: dict) -> str:
+    """A warning when the records' seconds come from runs with different torch thread counts (a
+    study extended with ``--resume``): seconds compare only within one count."""
+    counts = sorted({r["threads"] for r in results["records"] if r.get("threads")})
+    unknown = any(not r.get("threads") for r in results["records"])
+    if len(counts) + unknown < 2:
+        return ""
+    return ("; the records come from runs with different torch thread counts ("
+            + ", ".join(map(str, counts)) + (", and unrecorded ones from earlier runs" if unknown else "")
+            + ", see `threads` in results.json), so compare seconds only between rows measured alike")
 
 
 def _profile_section(results: dict, agg: dict) -> list:
@@ -231,7 +250,7 @@ def _profile_section(results: dict, agg: dict) -> list:
     L = [f"### Computational profile (device `{results['device']}`, this machine)\n",
          "Seconds per case (the whole pipeline through `api.enhance`), then the highest peak resident memory of "
          "the study process over the method's runs (MB; the process holds the cases too, so this is an upper "
-         "bound of the method's own need):\n"]
+         "bound of the method's own need)" + _threads_note(results) + ":\n"]
     rows = []
     for m in methods:
         peaks = [r["peak_rss_mb"] for r in results["records"] if r["method"] == m and r.get("peak_rss_mb")]

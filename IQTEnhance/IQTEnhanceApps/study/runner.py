@@ -344,9 +344,10 @@ class StudyRun:
     def run_parallel(self, jobs: int, checkpoint=None) -> None:
         """Run the case groups in ``jobs`` worker processes of ``cores // jobs`` torch threads each;
         merge each group's records as it completes, then ``checkpoint()``.  Whole cases in parallel
-        use the cores better than threads inside one method run (the study's time goes to SRep's
-        batched lasso solves, which gain less than 2× from a second thread; bench_study_jobs.py
-        measures it).  Cancel terminates the workers."""
+        use the cores better than threads inside one method run: the study's time goes to SRep's
+        batched lasso solves, which gain less than 2× from a second thread (bench_study_jobs.py, 2
+        cores, the paper's SRep on two whole brains: 2 workers took 0.80× one 2-thread process's
+        wall time, same records).  Cancel terminates the workers."""
         import multiprocessing
 
         groups = self.case_groups()
