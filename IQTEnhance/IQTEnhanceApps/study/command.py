@@ -7,7 +7,7 @@ from pathlib import Path
 from IQTEnhanceApps.common.runtime import cancel_requested, progress_for
 from IQTEnhanceApps.study.cases import default_cases, fixture_cases
 from IQTEnhanceApps.study.measures import PAPER_SREP
-from IQTEnhanceApps.study.runner import FULL_LAMBDA_SWEEP, SWEEPABLE, StudyConfig, rerender, run_study
+from IQTEnhanceApps.study.runner import CHECKPOINT, FULL_LAMBDA_SWEEP, SWEEPABLE, StudyConfig, rerender, run_study
 from IQTEnhanceLib.errors import CancelledError, InputError
 
 
@@ -110,8 +110,6 @@ def cli_quality(args) -> int:
     try:
         results = run_study(config, progress=progress, cancel=cancel_requested, log=log)
     except CancelledError:
-        from IQTEnhanceApps.study.runner import CHECKPOINT
-
         if (Path(args.out) / CHECKPOINT).exists():
             print(f"the cases measured so far are in {Path(args.out) / CHECKPOINT}; add --resume to the same "
                   "command to go on from there", file=sys.stderr)
@@ -138,9 +136,8 @@ def reproduce_command(args) -> str:
             command += f" {flag} " + " ".join(map(str, values))
     if args.lambda_sweep and not (args.full and tuple(args.lambda_sweep) == FULL_LAMBDA_SWEEP):
         command += " --lambda-sweep " + " ".join(f"{lam:g}" for lam in args.lambda_sweep)
-    if args.lambda_sweep:
-        if list(args.lambda_sweep_rows) != [PAPER_SREP]:
-            command += " --lambda-sweep-rows " + " ".join(args.lambda_sweep_rows)
+    if args.lambda_sweep and list(args.lambda_sweep_rows) != [PAPER_SREP]:
+        command += " --lambda-sweep-rows " + " ".join(args.lambda_sweep_rows)
     if args.device != "cpu":
         command += f" --device {args.device}"
     return command

@@ -201,21 +201,19 @@ def _lambda_section(results: dict, agg: dict) -> list:
     case_names = [c["name"] for c in results["cases"]]
     own = {m["name"]: m.get("lam") for m in results["methods"]}
     first = {(r["case"], r["method"]): r for r in results["records"] if r.get("replicate", 0) == 0}
+
+    def measured(name):
+        """({case: NRMSE}, seconds on the first case with torch's thread count when recorded)."""
+        rec = first.get((case_names[0], name), {})
+        seconds = None if rec.get("seconds") is None else f"{rec['seconds']:.1f}" + (
+            f" ({rec['threads']} thread{'s' * (rec['threads'] > 1)})" if rec.get("threads") else "")
+        return {c: first[(c, name)]["nrmse"] for c in case_names if (c, name) in first}, seconds
+
     L = []
     for row, sweep in swept.items():
-        def timing(name):
-            """Seconds on the first case, with torch's thread count when recorded."""
-            rec = first.get((case_names[0], name), {})
-            if rec.get("seconds") is None:
-                return None
-            return f"{rec['seconds']:.1f}" + (f" ({rec['threads']} thread{'s' * (rec['threads'] > 1)})"
-                                               if rec.get("threads") else "")
-
-        cells = {name: ({c: first[(c, name)]["nrmse"] for c in case_names if (c, name) in first}, timing(name))
-                 for _, name in sweep}
         if own.get(row) is not None and not any(lam == own[row] for lam, _ in sweep):
             sweep = sweep + [(own[row], row)]
-            cells[row] = ({c: first[(c, row)]["nrmse"] for c in case_names if (c, row) in first}, timing(row))
+        cells = {name: measured(name) for _, name in sweep}
         best = {c: min((v[0][c] for v in cells.values() if c in v[0]), default=None) for c in case_names}
         rows = []
         for lam, name in sorted(sweep):

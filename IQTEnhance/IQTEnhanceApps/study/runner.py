@@ -210,10 +210,14 @@ def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None, rows=(
 
 
 def model_lambda(model) -> Optional[float]:
-    """The λ an SRep model codes at by default (its inference λ, else its training λ)."""
-    params = getattr(model, "params", None) or {}
-    lam = params.get("inference_lam", params.get("lam"))
-    return float(lam) if isinstance(lam, (int, float)) else None
+    """The λ an SRep model codes at by default (:func:`IQTEnhanceLib.methods.srep.inference_lambda`);
+    None for a row without such a model."""
+    from IQTEnhanceLib.methods.srep import inference_lambda
+
+    try:
+        return inference_lambda(model.params)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,11 +356,10 @@ class StudyRun:
 
         groups = self.case_groups()
         threads = max(1, _cpu_count() // jobs)
-        kept = {k: v for k, v in self.kept.items()}
         # spawn, not fork: the parent has torch (and its thread pools) loaded already
         pool = multiprocessing.get_context("spawn").Pool(min(jobs, max(len(groups), 1)))
         try:
-            pending = {i: pool.apply_async(_run_group, (self.config, seed, names, kept, threads, self.mu_train))
+            pending = {i: pool.apply_async(_run_group, (self.config, seed, names, self.kept, threads, self.mu_train))
                        for i, (seed, names) in enumerate(groups)}
             while pending:
                 self.reporter(self.done / max(self.total, 1),
@@ -571,7 +574,7 @@ def _run_group(config: StudyConfig, seed: int, case_names: list, kept: dict, thr
     cases = [c for c in config.cases if c.name in case_names]
     sub = dataclasses.replace(config, cases=cases, resume=False, jobs=1)
     study = StudyRun(sub, as_reporter(None, None), lambda message: None, mu_train=mu_train)  # the parent logs
-    study.kept = {k: v for k, v in kept.items() if k[0] in case_names or any(c.paired_with == k[0] for c in cases)}
+    study.kept = kept      # pending() looks up only this group's cases
     study.run_seed(seed)
     return {"records": study.records, "lesions": study.lesion_tables, "failures": study.failures,
             "case_info": study.case_info, "figure_data": study.figure_data, "runs": study.done}
@@ -598,9 +601,9 @@ def _engine_version() -> str:
 
 def previous_results(config: StudyConfig) -> Optional[dict]:
     """The results an earlier run left in ``config.out_dir`` (its checkpoint when it was cut short,
-    else its results.json), or None when there are none.  Raises InputError when they were measured under another set-up (factor, axis,
-    device, data, engine version, or a case of the same name defined differently): their records
-    would not be comparable with new ones."""
+    else its results.json), or None when there are none.  Raises InputError when they were measured
+    under another set-up (factor, axis, device, data, engine version, or a case of the same name
+    defined differently): their records would not be comparable with new ones."""
     source = Path(config.out_dir) / CHECKPOINT
     if not source.exists():
         source = Path(config.out_dir) / "results.json"

@@ -49,6 +49,11 @@ FORMULATIONS = ("ridge-residual", "residual", "joint")
 # patch at 0.1 to 32 at 0.05, and the coding time with it.
 HYBRID_INFERENCE_LAM = 0.1
 
+
+def inference_lambda(params: dict) -> float:
+    """The λ a model codes at unless the caller sets one: its ``inference_lam``, else its training λ."""
+    return float(params.get("inference_lam", params["lam"]))
+
 ENHANCE_OPTIONS = (
     MethodOption("lam", float, 0.0, "sparsity weight λ of the lasso (0: the model's inference λ)", minimum=0.0),
     MethodOption("stride_inplane", int, 2,
@@ -103,8 +108,7 @@ class SRepModel:
             self.lq_patch = tuple(int(v) for v in p["lq_patch"])
             self.hq_patch = tuple(int(v) for v in p["hq_patch"])
             self.train_lam = float(p["lam"])
-            # λ used at inference unless the caller sets one (the training λ unless the model says)
-            self.lam = float(p.get("inference_lam", p["lam"]))
+            self.lam = inference_lambda(p)
             self.normalize = bool(p.get("normalize", False))
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"{where}the model lacks valid srep parameters (formulation, lq_patch, hq_patch, "
