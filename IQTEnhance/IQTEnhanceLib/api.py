@@ -232,8 +232,14 @@ def plan(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis
                        hq_geometry(lq, factor, axis), tuple(lq.array.shape), learn_from_scan)
 
 
-def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None) -> EnhanceResult:
-    """Run a :func:`plan` on the volume it was made for (its warnings are issued here)."""
+def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None,
+            intensity_scale: Optional[float] = None) -> EnhanceResult:
+    """Run a :func:`plan` on the volume it was made for (its warnings are issued here).
+
+    ``intensity_scale``: normalise by this value instead of the input's own (the 99th percentile of
+    its foreground, :func:`.normalize.intensity_scale`), so that a crop of a larger scan is enhanced
+    exactly as inside the whole scan (the intensity-dependent parts, such as the lasso's λ, see the
+    same numbers)."""
     started = time.perf_counter()
     if tuple(lq.array.shape) != plan_.input_shape:
         raise InputError(f"the plan was made for a {plan_.input_shape} volume, not {tuple(lq.array.shape)}")
@@ -244,7 +250,7 @@ def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None) -> Enhan
         warnings.warn(note, stacklevel=3)
     ax = array_axis(plan_.axis)
     array = np.asarray(lq.array, dtype=np.float32)  # a copy for non-float32 input; never written to
-    scale = intensity_scale(array)
+    scale = _normalisation(array, intensity_scale)
     canonical = np.ascontiguousarray(to_canonical(array, ax)) / np.float32(scale)
     reporter(0.0, f"{spec.label}: starting", force=True)
     model = plan_.model
@@ -279,7 +285,7 @@ def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None) -> Enhan
 
 def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, axis=None,
             device: str = "auto", progress=None, cancel=None, contrast: Optional[str] = None,
-            **options) -> EnhanceResult:
+            intensity_scale: Optional[float] = None, **options) -> EnhanceResult:
     """Enhance ``lq`` onto its HQ grid (``factor`` × finer along the thick ``axis``): :func:`plan`
     then :func:`execute`.
 
@@ -289,10 +295,24 @@ def enhance(lq: Volume, method: str = "trilinear", *, model=None, factor=None, a
     ``axis``: ``i``/``j``/``k``, default the axis with the largest spacing.  ``factor`` defaults to
     the model's, else to the input's thick/in-plane spacing ratio (:func:`spacing_factor`), else 4.
     ``progress(fraction, message)`` and ``cancel()`` are called between batches; cancelling raises
-    :class:`~.errors.CancelledError`.  The input volume is never modified.
+    :class:`~.errors.CancelledError`.  ``intensity_scale``: see :func:`execute`.  The input volume is
+    never modified.
     """
     return execute(lq, plan(lq, method, model=model, factor=factor, axis=axis, device=device, options=options,
-                            contrast=contrast), progress, cancel)
+                            contrast=contrast), progress, cancel, intensity_scale)
+
+
+def _normalisation(array: np.ndarray, given: Optional[float]) -> float:
+    """The intensity the methods' input is divided by: ``given``, else the input's own scale."""
+    if given is None:
+        return intensity_scale(array)
+    try:
+        value = float(given)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise InputError(f"the intensity scale must be a positive number (got {given!r})")
+    return value
 
 
 def train(method: str, hq_volumes: list, *, factor: int = 4, masks: Optional[list] = None,

@@ -462,45 +462,99 @@ def test_training_effort_of_a_network_says_steps_time_and_held_out_ratio():
 
 
 def test_lambda_sweep_and_computational_profile(tmp_path):
-    """``--lambda-sweep``: an SRep row's model coded at each λ as rows ``ROW@λ`` and a λ table beside
-    the model's own λ (default row: the paper's SRep); every run records its peak resident memory,
-    and the profile table gives it per method."""
+    """``--lambda-sweep``: an SRep row's model coded at each λ as rows ``ROW@λ`` (default row: the
+    paper's SRep), scored on a central slab of the case beside the model's own λ on the same slab,
+    kept apart from the whole-case records; ``--lambda-sweep-slab 0`` scores whole cases, and
+    ``--resume`` never takes a slab record for a whole-case one.  Every run records its peak
+    resident memory, and the profile table gives it per method."""
     from IQTEnhanceApps import cli
     from IQTEnhanceApps.study.runner import lambda_sweep_runs, resolve_methods
     from IQTEnhanceLib.errors import InputError
 
     out = tmp_path / "sweep"
-    code = cli.main(["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "trilinear", "srep",
-                     "--cases", "in_distribution", "--no-figures", "-q", "--lambda-sweep", "0.02", "0.3",
-                     "--lambda-sweep-rows", "srep"])
-    assert code == 0
+    args = ["benchmark", "quality", "--fixtures", "--out", str(out), "--methods", "trilinear", "srep",
+            "--cases", "in_distribution", "--no-figures", "-q", "--lambda-sweep", "0.02", "0.3",
+            "--lambda-sweep-rows", "srep"]
+    assert cli.main(args) == 0
     saved = json.loads((out / "results.json").read_text())
-    by_row = {r["method"]: r for r in saved["records"]}
-    assert {"srep@0.02", "srep@0.3"} <= set(by_row)
+    assert {r["method"] for r in saved["records"]} == {"trilinear", "srep"}   # whole-case numbers only
+    sweep = saved["lambda_sweep"]
+    assert sweep["slab_lq_slices"] == 4 and sweep["own_lam"] == {"srep": pytest.approx(0.1)}
+    by_row = {r["method"]: r for r in sweep["records"]}
+    assert set(by_row) == {"srep@0.02", "srep@0.1", "srep@0.3"}               # the own λ 0.1 added
+    assert all(r["slab"] == [4, 8] and r["slab_coded"] == [2, 10] for r in by_row.values())   # 12 LQ slices
+    assert all(0 < r["slab_brain_voxels"] < 0.4 * 48 * 72 * 64 for r in by_row.values())
     assert by_row["srep@0.02"]["nrmse"] != by_row["srep@0.3"]["nrmse"]      # λ changes the codes
-    assert all(r["peak_rss_mb"] is None or r["peak_rss_mb"] > 10 for r in saved["records"])
-    own = next(m["lam"] for m in saved["methods"] if m["name"] == "srep")
-    assert own == pytest.approx(0.1)                 # the shipped hybrid's inference λ
+    whole = next(r for r in saved["records"] if r["method"] == "srep")
+    assert by_row["srep@0.1"]["nrmse"] != whole["nrmse"]                     # another region
+    assert all(r["peak_rss_mb"] is None or r["peak_rss_mb"] > 10 for r in saved["records"] + sweep["records"])
     report = (out / "README.md").read_text()
-    _, sweep = _table_rows(report, "### λ sweep of `srep`")
-    assert list(sweep) == ["0.02", "0.1 (the model's own)", "0.3"]
-    assert float(sweep["0.02"][0].strip("*")) == pytest.approx(by_row["srep@0.02"]["nrmse"], abs=1e-4)
-    assert float(sweep["0.1 (the model's own)"][0].strip("*")) == pytest.approx(by_row["srep"]["nrmse"], abs=1e-4)
-    assert sum("**" in v[0] for v in sweep.values()) == 1
+    heading = report.split("### λ sweep of `srep`", 1)[1].split("\n", 1)[0]
+    assert "central slab of 4 LQ slices" in heading
+    _, table = _table_rows(report, "### λ sweep of `srep`")
+    assert list(table) == ["0.02", "0.1 (the model's own)", "0.3"]
+    for lam, name in (("0.02", "srep@0.02"), ("0.1 (the model's own)", "srep@0.1"), ("0.3", "srep@0.3")):
+        assert float(table[lam][0].strip("*")) == pytest.approx(by_row[name]["nrmse"], abs=1e-4)
+    assert sum("**" in v[0] for v in table.values()) == 1
     assert "--lambda-sweep 0.02 0.3 --lambda-sweep-rows srep" in report
     header, profile = _table_rows(report, "### Computational profile")
-    assert header[-1] == "peak RSS (MB)" and set(profile) == {"`trilinear`", "`srep`", "`srep@0.02`", "`srep@0.3`"}
+    assert header[-1] == "peak RSS (MB)" and set(profile) == {"`trilinear`", "`srep`"}
     import sys
     if sys.platform.startswith("linux"):
         assert float(profile["`srep`"][-1]) > 10
+
+    # the whole case instead: the slab records are not taken over; the other rows are kept
+    assert cli.main(args + ["--resume", "--lambda-sweep-slab", "0"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert "lambda_sweep" not in again and again["resumed"]
+    rows = {r["method"]: r for r in again["records"]}
+    assert set(rows) == {"trilinear", "srep", "srep@0.02", "srep@0.3"}
+    assert rows["srep"]["seconds"] == whole["seconds"]                        # kept, not run again
+    assert rows["srep@0.02"]["nrmse"] != by_row["srep@0.02"]["nrmse"]        # measured on the whole case
+    _, table = _table_rows((out / "README.md").read_text(), "### λ sweep of `srep`")
+    assert float(table["0.1 (the model's own)"][0].strip("*")) == pytest.approx(rows["srep"]["nrmse"], abs=1e-4)
+    assert "--lambda-sweep-slab 0" in again["command"]
+
     # the default swept row is the paper's SRep (its shipped model when the study has no such row)
     runs = lambda_sweep_runs(resolve_methods(["trilinear"])[0], [0.01])
     assert [r.name for r in runs] == ["srep-paper@0.01"] and runs[0].options["lam"] == 0.01
     assert runs[0].model.params.get("formulation") == "joint"
+    assert [r.name for r in lambda_sweep_runs([], [0.01], slab=4)] == ["srep-paper@0.01", "srep-paper@0.05"]
     with pytest.raises(InputError, match="positive"):
         lambda_sweep_runs([], [0.0])
     with pytest.raises(InputError, match="codes srep or srep-paper"):
         lambda_sweep_runs([], [0.1], rows=("linear",))
+    with pytest.raises(InputError, match="slab"):
+        lambda_sweep_runs([], [0.1], slab=-1)
+
+
+def test_a_slab_codes_as_inside_the_whole_case():
+    """The λ sweep's slab (a crop of the LQ case, normalised by the whole case's intensity scale)
+    gives on its scored slices what the whole case gives there."""
+    from IQTEnhanceApps.study.runner import case_slab, resolve_methods, slab_input, slab_scored
+    from IQTEnhanceLib import api
+    from IQTEnhanceLib.errors import InputError
+    from IQTEnhanceLib.normalize import intensity_scale
+
+    data = study.prepare_case(_case("in_distribution"), LOADER)
+    slab = case_slab(data.mask, data.lq.array.shape, 4, "k", 4)
+    assert (slab.start, slab.stop, slab.coded(12)) == (4, 8, (2, 10))
+    crop = slab_input(data.lq, slab, "k")
+    np.testing.assert_array_equal(crop.array, data.lq.array[2:10])
+    assert np.allclose(crop.physical_point((0, 0, 0)), data.lq.physical_point((0, 0, 2)))
+    scale = intensity_scale(data.lq.array)
+    paper = resolve_methods(["srep-paper"])[0][0].model     # the default swept row
+    whole = api.enhance(data.lq, "srep", model=paper, device="cpu").volume
+    part = api.enhance(crop, "srep", model=paper, device="cpu", intensity_scale=scale)
+    assert part.info["intensity_scale"] == scale
+    assert np.allclose(part.volume.physical_point((0, 0, 0)), whole.physical_point((0, 0, 8)))
+    inside = slab_scored(data.mask, slab, 4, "k", False, 12)
+    a = slab_scored(part.volume.array, slab, 4, "k", True, 12)[inside]
+    b = slab_scored(whole.array, slab, 4, "k", False, 12)[inside]
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    assert case_slab(data.mask, data.lq.array.shape, 4, "k", 0).coded(12) == (0, 12)   # 0: the whole case
+    with pytest.raises(InputError, match="positive"):
+        api.enhance(crop, "trilinear", intensity_scale=0)
 
 
 def test_the_headline_says_what_the_design_can_tell():
@@ -537,11 +591,11 @@ def test_a_study_resumes_and_extends_without_rerunning_what_it_has(tmp_path, mon
     calls = []
     real_enhance = runner.StudyRun.enhance
 
-    def counting(self, run, case, data, seed):
+    def counting(self, run, case, data, seed, scale=None):
         calls.append((case.name, run.name))
         if case.name == "ood_low_snr" and stop_at_low_snr:
             raise CancelledError("killed")          # the session ends in the middle of the second case
-        return real_enhance(self, run, case, data, seed)
+        return real_enhance(self, run, case, data, seed, scale)
 
     monkeypatch.setattr(runner.StudyRun, "enhance", counting)
     stop_at_low_snr = True

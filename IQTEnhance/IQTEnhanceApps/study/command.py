@@ -7,7 +7,15 @@ from pathlib import Path
 from IQTEnhanceApps.common.runtime import cancel_requested, progress_for
 from IQTEnhanceApps.study.cases import default_cases, fixture_cases
 from IQTEnhanceApps.study.measures import PAPER_SREP
-from IQTEnhanceApps.study.runner import CHECKPOINT, FULL_LAMBDA_SWEEP, SWEEPABLE, StudyConfig, rerender, run_study
+from IQTEnhanceApps.study.runner import (
+    CHECKPOINT,
+    FULL_LAMBDA_SWEEP,
+    LAMBDA_SWEEP_SLAB,
+    SWEEPABLE,
+    StudyConfig,
+    rerender,
+    run_study,
+)
 from IQTEnhanceLib.errors import CancelledError, InputError
 
 
@@ -49,6 +57,9 @@ def register(subparsers, request=None) -> None:
                         "0.001 0.01 0.02 0.1 0.2")
     q.add_argument("--lambda-sweep-rows", nargs="+", metavar="ROW", default=[PAPER_SREP], choices=SWEEPABLE,
                    help="the rows whose first model the λ sweep codes (default: %(default)s, the paper's SRep)")
+    q.add_argument("--lambda-sweep-slab", type=int, default=LAMBDA_SWEEP_SLAB, metavar="N",
+                   help="the λ sweep scores a central slab of N LQ slices of each case (with the model's own λ "
+                        "on the same slab), because small λ codes slowly; 0: the whole case (default: %(default)s)")
     q.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="noise/lesion seeds (default: 0; the noise-seed sd of a whole-brain NRMSE is about 0.06%% of "
                         "it, so training replicates, not noise seeds, carry the spread)")
     q.add_argument("--fixtures", action="store_true",
@@ -100,7 +111,8 @@ def cli_quality(args) -> int:
     config = StudyConfig(out_dir=args.out, cases=cases, methods=args.methods, models=models, seeds=seeds,
                          device=args.device, fixtures=args.fixtures, figures=not args.no_figures, command=command,
                          protocol=protocol, lambda_sweep=tuple(args.lambda_sweep),
-                         lambda_sweep_rows=tuple(args.lambda_sweep_rows), resume=args.resume, jobs=args.jobs)
+                         lambda_sweep_rows=tuple(args.lambda_sweep_rows), lambda_sweep_slab=args.lambda_sweep_slab,
+                         resume=args.resume, jobs=args.jobs)
 
     def log(message):
         if not args.quiet:
@@ -138,6 +150,8 @@ def reproduce_command(args) -> str:
         command += " --lambda-sweep " + " ".join(f"{lam:g}" for lam in args.lambda_sweep)
     if args.lambda_sweep and list(args.lambda_sweep_rows) != [PAPER_SREP]:
         command += " --lambda-sweep-rows " + " ".join(args.lambda_sweep_rows)
+    if args.lambda_sweep and args.lambda_sweep_slab != LAMBDA_SWEEP_SLAB:
+        command += f" --lambda-sweep-slab {args.lambda_sweep_slab}"
     if args.device != "cpu":
         command += f" --device {args.device}"
     return command

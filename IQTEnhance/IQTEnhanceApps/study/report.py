@@ -190,9 +190,14 @@ def _results_section(results: dict, agg: dict) -> list:
 
 def _lambda_section(results: dict, agg: dict) -> list:
     """The paper's λ check: an SRep row's first model coded at several λ (``--lambda-sweep``), in and
-    out of distribution, beside the same model at its own λ (the row's first replicate)."""
+    out of distribution, beside the same model at its own λ.  Rows scored on a central slab
+    (results' ``lambda_sweep``) carry their own-λ row on the same slab; whole-case sweep rows (older
+    runs, ``--lambda-sweep-slab 0``) are compared with the row itself (its first replicate)."""
+    sweep_part = results.get("lambda_sweep") or {}
+    methods = sweep_part.get("methods") or [m for m in results["methods"] if "@" in m["name"]]
+    records = sweep_part.get("records") or results["records"]
     swept = {}
-    for m in results["methods"]:
+    for m in methods:
         if "@" in m["name"]:
             row, lam = m["name"].split("@", 1)
             swept.setdefault(row, []).append((float(lam), m["name"]))
@@ -200,7 +205,10 @@ def _lambda_section(results: dict, agg: dict) -> list:
         return []
     case_names = [c["name"] for c in results["cases"]]
     own = {m["name"]: m.get("lam") for m in results["methods"]}
-    first = {(r["case"], r["method"]): r for r in results["records"] if r.get("replicate", 0) == 0}
+    own.update({row: sweep_part.get("own_lam", {}).get(row, own.get(row)) for row in swept})
+    first = {(r["case"], r["method"]): r for r in records if r.get("replicate", 0) == 0}
+    if not sweep_part:
+        first.update({(r["case"], r["method"]): r for r in results["records"] if r.get("replicate", 0) == 0})
 
     def measured(name):
         """({case: NRMSE}, seconds on the first case with torch's thread count when recorded)."""
@@ -211,18 +219,23 @@ def _lambda_section(results: dict, agg: dict) -> list:
 
     L = []
     for row, sweep in swept.items():
-        if own.get(row) is not None and not any(lam == own[row] for lam, _ in sweep):
+        if not sweep_part and own.get(row) is not None and not any(lam == own[row] for lam, _ in sweep):
             sweep = sweep + [(own[row], row)]
         cells = {name: measured(name) for _, name in sweep}
         best = {c: min((v[0][c] for v in cells.values() if c in v[0]), default=None) for c in case_names}
         rows = []
         for lam, name in sorted(sweep):
             nrmse, seconds = cells[name]
-            rows.append([f"{lam:g}" + (" (the model's own)" if name == row else "")]
+            rows.append([f"{lam:g}" + (" (the model's own)" if lam == own.get(row) else "")]
                         + [("**" + f"{nrmse[c]:.4f}" + "**" if nrmse[c] == best[c] else f"{nrmse[c]:.4f}")
                            if c in nrmse else "-" for c in case_names]
                         + [seconds or "-"])
-        L += [f"### λ sweep of `{row}` (NRMSE of its first model coded at each λ; best per case in bold; "
+        where = ("NRMSE on the whole case" if not sweep_part else
+                 f"NRMSE on a central slab of {sweep_part['slab_lq_slices']} LQ slices of each case "
+                 f"({sweep_part['slab_lq_slices'] * results['factor']} HQ slices through the brain's centre, coded "
+                 f"with {sweep_part['margin_lq_slices']} more LQ slices on each side and normalised like the whole "
+                 "case), so these numbers compare with each other, not with the whole-case tables")
+        L += [f"### λ sweep of `{row}` ({where}; its first model coded at each λ; best per case in bold; "
               "the support, and the coding time, grow as λ falls)\n",
               _table(["λ"] + [f"`{c}`" for c in case_names] + [f"seconds (`{case_names[0]}`)"], rows), ""]
     return L

@@ -42,6 +42,7 @@ from IQTEnhanceLib.normalize import intensity_scale
 from IQTEnhanceLib.progress import as_reporter
 from IQTEnhanceLib.selfsup import SELF
 from IQTEnhanceLib.simulate import ParameterRanges
+from IQTEnhanceLib.volume import array_axis
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +57,7 @@ class MethodRun:
     trust_option: Optional[str] = None
     method: str = ""                # the engine's method (default: name)
     replicate: int = 0              # independently trained models of one row: 0, 1, 2, ...
+    slab: int = 0                   # LQ slices scored (a central slab, see Slab); 0: the whole case
 
     def __post_init__(self):
         self.method = self.method or self.name
@@ -178,16 +180,23 @@ def resolve_methods(requested: Optional[list] = None, models: Optional[dict] = N
 
 
 SWEEPABLE = ("srep", PAPER_SREP)   # rows whose model a λ sweep can code at other λ
-# --full's λ sweep around the joint SRep's own 0.05 (the row itself).  It stops at 0.02 below: on the
-# whole Colin27 case (protocol model, 1 thread) λ 0.01 coded in 513 s against 75 s at 0.2, for NRMSE
-# 0.0665 against 0.0663 at 0.05; the support, and the cost, keep growing toward 0.001.
-FULL_LAMBDA_SWEEP = (0.02, 0.1, 0.2)
+# --full's λ sweep: the paper's range 0.001-0.2 (the joint SRep's own 0.05 is added on the slab).
+FULL_LAMBDA_SWEEP = (0.001, 0.01, 0.02, 0.1, 0.2)
+# The λ sweep scores a central slab of the brain, not the whole case: the support, and the coding
+# time, grow as λ falls.  Whole Colin27 case (protocol paper SRep, 1 thread): λ 0.01 coded in 513 s
+# against 75 s at 0.2; a slab of 6 LQ slices (+2 each side) of the uncropped head took 45 s at 0.05,
+# 88 s at 0.01 and 151 s at 0.001 (NRMSE 0.0644, 0.0632, 0.0631).
+LAMBDA_SWEEP_SLAB = 4      # LQ slices scored (16 mm at 4 mm slices, ~250k brain voxels)
+SLAB_MARGIN = 2            # LQ slices coded on each side and not scored: a patch spans 2 LQ slices,
+#                            trilinear features 1 more, so the scored slices see every patch they would
+#                            see in the whole case
 
 
-def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None, rows=(PAPER_SREP,)) -> list:
+def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None, rows=(PAPER_SREP,), slab: int = 0) -> list:
     """Rows ``ROW@λ`` for each row of ``rows`` (default: the paper's SRep, whose λ the paper
     discusses): the row's model (its first replicate, else the shipped one) coded at each inference
-    λ of ``lambdas``."""
+    λ of ``lambdas``.  With ``slab`` > 0 every such row scores a central slab of that many LQ
+    slices (:func:`case_slab`), and the model's own λ is added, on the same slab, for comparison."""
     if not lambdas:
         return []
     bad = [lam for lam in lambdas if not lam > 0]
@@ -196,6 +205,8 @@ def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None, rows=(
     unknown = [row for row in rows if row not in SWEEPABLE]
     if unknown:
         raise InputError(f"a λ sweep codes {' or '.join(SWEEPABLE)} (got {', '.join(unknown)})")
+    if slab < 0:
+        raise InputError(f"the λ sweep's slab is a number of LQ slices >= 0 (got {slab})")
     out = []
     for row in rows:
         base = next((r for r in runs if r.name == row and r.replicate == 0), None)
@@ -204,9 +215,56 @@ def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None, rows=(
             if missing:
                 raise ModelError(f"the λ sweep of {row}: {missing[row]}")
             base = found[0]
+        own = model_lambda(base.model)
+        swept = sorted(set(lambdas) | ({own} if slab and own is not None else set()))
         out += [MethodRun(f"{row}@{lam:g}", f"{base.label}, λ = {lam:g}", base.model, dict(base.options, lam=float(lam)),
-                          base.trust_option, "srep") for lam in lambdas]
+                          base.trust_option, "srep", slab=slab) for lam in swept]
     return out
+
+
+@dataclasses.dataclass
+class Slab:
+    """A central slab of a case along the thick axis: LQ slices ``start`` to ``stop`` are scored,
+    ``margin`` more on each side are coded too (LQ slice m covers HQ slices m·f … m·f+f−1)."""
+    start: int
+    stop: int
+    margin: int
+
+    def coded(self, n_lq: int) -> tuple:
+        return max(self.start - self.margin, 0), min(self.stop + self.margin, n_lq)
+
+
+def case_slab(mask: np.ndarray, lq_shape: tuple, factor: int, axis: str, slices: int,
+              margin: int = SLAB_MARGIN) -> Slab:
+    """The ``slices`` LQ slices around the brain mask's centre along ``axis`` (the whole case when it
+    has no more), and the coded margin."""
+    ax = array_axis(axis)
+    n_lq = lq_shape[ax]
+    if slices <= 0 or slices >= n_lq:
+        return Slab(0, n_lq, 0)
+    profile = mask.sum(axis=tuple(a for a in range(3) if a != ax)).astype(float)
+    centre = (profile * np.arange(len(profile))).sum() / max(profile.sum(), 1.0) / factor   # in LQ slices
+    start = int(np.clip(round(centre - slices / 2), 0, n_lq - slices))
+    return Slab(start, start + slices, margin)
+
+
+def slab_input(lq, slab: Slab, axis: str):
+    """The LQ volume of the slab's coded slices (a crop, geometry moved with it)."""
+    from IQTEnhanceLib.volume import Volume, ijk_index
+
+    ax, a = array_axis(axis), ijk_index(axis)
+    lo, hi = slab.coded(lq.array.shape[ax])
+    array = np.ascontiguousarray(np.take(lq.array, np.arange(lo, hi), axis=ax))
+    origin = lq.origin + lq.direction[:, a] * lq.spacing[a] * lo
+    return Volume(array, lq.spacing.copy(), origin, lq.direction.copy())
+
+
+def slab_scored(array: np.ndarray, slab: Slab, factor: int, axis: str, coded: bool, n_lq: int) -> np.ndarray:
+    """The scored HQ slices of ``array``: a whole-case HQ array, or (``coded``) the output of
+    :func:`slab_input`."""
+    ax = array_axis(axis)
+    offset = slab.coded(n_lq)[0] if coded else 0
+    return np.take(array, np.arange((slab.start - offset) * factor, (slab.stop - offset) * factor), axis=ax)
 
 
 def model_lambda(model) -> Optional[float]:
@@ -240,6 +298,7 @@ class StudyConfig:
     protocol: Optional[dict] = None      # the training protocol of the models given (study.protocol)
     lambda_sweep: tuple = ()             # extra rows ROW@λ: a row's model coded at these λ (the paper's λ check)
     lambda_sweep_rows: tuple = (PAPER_SREP,)  # the rows swept (:data:`SWEEPABLE`)
+    lambda_sweep_slab: int = LAMBDA_SWEEP_SLAB   # LQ slices the swept rows score (0: the whole case)
     resume: bool = False                 # keep the records already in out_dir (see :func:`previous_results`)
     jobs: int = 1                        # worker processes, each running whole cases (see StudyRun.run_parallel)
 
@@ -261,7 +320,8 @@ class StudyRun:
     def __init__(self, config: StudyConfig, reporter, log, mu_train: Optional[float] = None):
         self.config, self.reporter, self.log = config, reporter, log
         self.runs, self.missing = resolve_methods(config.methods, config.models)
-        self.runs += lambda_sweep_runs(self.runs, config.lambda_sweep, config.models, config.lambda_sweep_rows)
+        self.runs += lambda_sweep_runs(self.runs, config.lambda_sweep, config.models, config.lambda_sweep_rows,
+                                       config.lambda_sweep_slab)
         self.rss_measured = False        # whether the current run's peak memory was reset before it
         if not self.runs:
             raise InputError("no method to evaluate")
@@ -275,6 +335,7 @@ class StudyRun:
             log(f"training mean intensity (normalised units): {mu_train:.4f}")
         self.mu_train = mu_train
         self.records = []           # one per case × seed × method
+        self.slab_records = []      # the same for rows scored on a slab (the λ sweep): not whole-case numbers
         self.failures = []          # method runs that raised
         self.lesion_tables = []     # per-lesion rows
         self.figure_data = {}       # case -> slices for the figures (first seed)
@@ -294,14 +355,17 @@ class StudyRun:
         (other rows or cases, failures, changed models) is run anew or dropped."""
         if previous is None:
             return
-        # by row and model checksum, not replicate number: a new replicate may sort before the old ones
-        wanted = {(r.name, getattr(r.model, "checksum", None)): r.replicate for r in self.runs}
+        # by row and model checksum, not replicate number: a new replicate may sort before the old ones;
+        # a row scored on a slab only from records of the same slab size (whole-case records otherwise)
+        wanted = {(r.name, getattr(r.model, "checksum", None), r.slab): r.replicate for r in self.runs}
         cases = {c.name for c in self.config.cases}
-        for rec in previous["records"]:
-            replicate = wanted.get((rec["method"], rec.get("model_sha256")))
+        earlier = previous["records"] + previous.get("lambda_sweep", {}).get("records", [])
+        for rec in earlier:
+            replicate = wanted.get((rec["method"], rec.get("model_sha256"), rec.get("slab_lq_slices", 0)))
             if replicate is not None and rec["case"] in cases and rec["seed"] in self.config.seeds:
                 self.kept[(rec["case"], rec["seed"], rec["method"], replicate)] = dict(rec, replicate=replicate)
-        self.records = list(self.kept.values())
+        self.records = [r for r in self.kept.values() if not r.get("slab_lq_slices")]
+        self.slab_records = [r for r in self.kept.values() if r.get("slab_lq_slices")]
         # a lesion row belongs to a kept record by its model's checksum (rows of older runs: by row)
         kept_models = {(r["case"], r["seed"], r["method"], r.get("model_sha256")) for r in self.records}
         kept_rows = {k[:3] for k in kept_models}
@@ -322,14 +386,15 @@ class StudyRun:
 
     def pending(self, case, seed: int) -> list:
         """The runs ``case`` needs for ``seed``: those without a kept record, and for a twin case
-        (whose outputs the pathology case compares with) also those its paired case still needs."""
+        (whose outputs the pathology case compares with) also those its paired case still needs
+        (a slab row excepted: it has no lesion measures)."""
         def missing(case_name):
             return [r for r in self.runs if (case_name, seed, r.name, r.replicate) not in self.kept]
 
         if case.name not in self.needed_twins:
             return missing(case.name) if case.name in self.by_name else []
         needed = {(r.name, r.replicate) for c in self.config.cases if c.paired_with == case.name
-                  for r in missing(c.name)}
+                  for r in missing(c.name) if not r.slab}
         own = {(r.name, r.replicate) for r in missing(case.name)} if case.name in self.by_name else set()
         return [r for r in self.runs if (r.name, r.replicate) in needed | own]
 
@@ -384,7 +449,8 @@ class StudyRun:
     def merge(self, part: dict) -> None:
         """Take a worker's records, lesion rows, failures, case descriptions and figure slices."""
         self.records += part["records"]
-        for rec in part["records"]:
+        self.slab_records += part["slab_records"]
+        for rec in part["records"] + part["slab_records"]:
             self.log(_record_line(rec))
         self.lesion_tables += part["lesions"]
         self.failures += part["failures"]
@@ -436,9 +502,13 @@ class StudyRun:
             fd.update({"j": fig_j, "truth": truth[:, fig_j, :].copy(), "mask": data.mask[:, fig_j, :].copy(),
                        "lq": None})
         for run in self.pending(case, seed):
-            result = self.enhance(run, case, data, seed)
+            result = self.enhance(run, case, data, seed, scale)
             self.done += 1
             if result is None:
+                continue
+            if run.slab:
+                if (case.name, seed, run.name, run.replicate) not in self.kept:
+                    self.record_slab(run, case, data, seed, result, scale)
                 continue
             if case.name in self.needed_twins:
                 twin_outputs[case.name][run.key] = result[0].volume.array
@@ -446,22 +516,34 @@ class StudyRun:
                 twin = twin_outputs.get(case.paired_with) if case.paired_with else None
                 self.record(run, case, data, seed, result, twin, fig_j, scale)
 
-    def enhance(self, run, case, data, seed: int):
+    def slab_of(self, data, run) -> Slab:
+        return case_slab(data.mask, data.lq.array.shape, self.config.factor, self.config.axis, run.slab)
+
+    def enhance(self, run, case, data, seed: int, scale: Optional[float] = None):
         """(result, seconds), or None when the method failed (recorded: one broken method must not
-        sink a 30-minute study)."""
+        sink a 30-minute study).  A slab row codes only its slab (:func:`slab_input`), normalised by
+        the whole case's intensity ``scale`` so that it codes as it would in the whole case."""
         from IQTEnhanceLib import api
 
         config, at = self.config, self.done / max(self.total, 1)
         self.reporter(at, f"{case.name} (seed {seed}): {run.name}")
+        lq, expected, normalisation = data.lq, data.hq.array.shape, None
+        if run.slab:
+            slab = self.slab_of(data, run)
+            lq, normalisation = slab_input(data.lq, slab, config.axis), scale
+            expected = list(data.hq.array.shape)
+            expected[array_axis(config.axis)] = lq.array.shape[array_axis(config.axis)] * config.factor
+            expected = tuple(expected)
         self.rss_measured = peak_rss_reset()
         t0 = time.perf_counter()
         try:
-            result = api.enhance(data.lq, run.method, model=run.model, axis=config.axis,
+            result = api.enhance(lq, run.method, model=run.model, axis=config.axis,
                                  factor=config.factor if run.model is None else None, device=config.device,
                                  progress=self.reporter.sub(at, (self.done + 1) / max(self.total, 1),
-                                                            f"{case.name}: {run.name}"), **run.options)
-            if result.volume.array.shape != data.hq.array.shape:
-                raise RuntimeError(f"returned {result.volume.array.shape} for a {data.hq.array.shape} reference")
+                                                            f"{case.name}: {run.name}"),
+                                 intensity_scale=normalisation, **run.options)
+            if result.volume.array.shape != expected:
+                raise RuntimeError(f"returned {result.volume.array.shape} for a {expected} reference")
         except CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -498,6 +580,49 @@ class StudyRun:
                 fd["trust"][run.name] = trust.array[:, fig_j, :].copy()
         self.log(_record_line(rec))
 
+    def record_slab(self, run, case, data, seed: int, result, scale: float) -> None:
+        """Score a slab row's output on its slab's scored slices (no lesion measures, no figure)."""
+        result, seconds = result
+        config = self.config
+        slab = self.slab_of(data, run)
+        n_lq = data.lq.array.shape[array_axis(config.axis)]
+        output = slab_scored(result.volume.array, slab, config.factor, config.axis, True, n_lq)
+        truth = slab_scored(data.hq.array, slab, config.factor, config.axis, False, n_lq)
+        mask = slab_scored(data.mask, slab, config.factor, config.axis, False, n_lq)
+        rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
+               "model_sha256": getattr(run.model, "checksum", None),
+               "peak_rss_mb": peak_rss_mb() if self.rss_measured else None, "threads": _torch_threads(),
+               "slab_lq_slices": run.slab, "slab": [slab.start, slab.stop], "slab_coded": list(slab.coded(n_lq)),
+               "slab_brain_voxels": int(mask.sum())}
+        rec.update({k: v for k, v in evaluate_arrays(output, truth, mask).items() if k != "voxels"})
+        rec.update(regression_to_mean(output, truth, mask, scale, self.mu_train))
+        self.slab_records.append(rec)
+        self.log(_record_line(rec))
+
+    def describe(self, r: MethodRun) -> dict:
+        """A row's entry in results.json's methods: its model, training and λ."""
+        return {"name": r.name, "label": r.label, "engine_method": r.method, "model": r.describe_model(),
+                "model_sha256": getattr(r.model, "checksum", None),
+                "replicates": sum(1 for o in self.runs if o.name == r.name),
+                "training_data": (r.model.training.get("data") if hasattr(r.model, "training") else
+                                  "the case's own LQ scan" if r.model == SELF else None),
+                "training_simulation": (r.model.training.get("simulation") if hasattr(r.model, "training")
+                                        else None),
+                "protocol": (r.model.training.get("protocol", {}).get("name")
+                             if hasattr(r.model, "training") else None),
+                "training_effort": training_effort(r.model),
+                "lam": r.options.get("lam") or (model_lambda(r.model) if r.method == "srep" else None)}
+
+    def slab_results(self) -> dict:
+        """results.json's ``lambda_sweep``: the rows scored on a central slab and their records, kept
+        apart from the whole-case records (their numbers are not whole-case numbers)."""
+        runs = [r for r in self.runs if r.slab]
+        if not runs:
+            return {}
+        own = {r.name.split("@", 1)[0]: model_lambda(r.model) for r in runs}
+        return {"lambda_sweep": {"slab_lq_slices": runs[0].slab, "margin_lq_slices": SLAB_MARGIN, "own_lam": own,
+                                 "methods": [self.describe(r) for r in runs], "records": self.slab_records}}
+
     def results(self, seconds: float) -> dict:
         config = self.config
         return {
@@ -506,21 +631,11 @@ class StudyRun:
             "factor": config.factor, "axis": config.axis, "device": config.device,
             "training_dataset": TRAINING_DATASET, "training_ranges": dataclasses.asdict(ParameterRanges()),
             "mu_train": self.mu_train, "training_protocol": config.protocol,
-            "methods": [{"name": r.name, "label": r.label, "engine_method": r.method, "model": r.describe_model(),
-                         "model_sha256": getattr(r.model, "checksum", None),
-                         "replicates": sum(1 for o in self.runs if o.name == r.name),
-                         "training_data": (r.model.training.get("data") if hasattr(r.model, "training") else
-                                           "the case's own LQ scan" if r.model == SELF else None),
-                         "training_simulation": (r.model.training.get("simulation") if hasattr(r.model, "training")
-                                                 else None),
-                         "protocol": (r.model.training.get("protocol", {}).get("name")
-                                      if hasattr(r.model, "training") else None),
-                         "training_effort": training_effort(r.model),
-                         "lam": r.options.get("lam") or (model_lambda(r.model) if r.method == "srep" else None)}
-                        for r in self.runs if r.replicate == 0],
+            "methods": [self.describe(r) for r in self.runs if r.replicate == 0 and not r.slab],
             "missing": self.missing,
             "cases": [dict(name=c.name, **self.case_info[c.name]) for c in config.cases if c.name in self.case_info],
             "records": self.records, "lesions": self.lesion_tables, "failures": self.failures,
+            **self.slab_results(),
             "seconds": self.earlier_seconds + seconds,
             "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}",
             "engine_version": _engine_version(), "resumed": bool(self.kept),
@@ -561,8 +676,9 @@ def run_study(config: StudyConfig, *, progress=None, cancel=None, log=print) -> 
 
 
 def _record_line(rec: dict) -> str:
+    where = f", LQ slices {rec['slab'][0]}-{rec['slab'][1] - 1}" if rec.get("slab") else ""
     return (f"  {rec['case']:22s} seed {rec['seed']} {rec['method']:10s} NRMSE {rec['nrmse']:.4f} SSIM "
-            f"{rec['ssim']:.4f} pull {rec['rtm_pull']:+.1f}% ({rec['seconds']:.1f} s)")
+            f"{rec['ssim']:.4f} pull {rec['rtm_pull']:+.1f}% ({rec['seconds']:.1f} s{where})")
 
 
 def _run_group(config: StudyConfig, seed: int, case_names: list, kept: dict, threads: int, mu_train: float) -> dict:
@@ -576,7 +692,8 @@ def _run_group(config: StudyConfig, seed: int, case_names: list, kept: dict, thr
     study = StudyRun(sub, as_reporter(None, None), lambda message: None, mu_train=mu_train)  # the parent logs
     study.kept = kept      # pending() looks up only this group's cases
     study.run_seed(seed)
-    return {"records": study.records, "lesions": study.lesion_tables, "failures": study.failures,
+    return {"records": study.records, "slab_records": study.slab_records, "lesions": study.lesion_tables,
+            "failures": study.failures,
             "case_info": study.case_info, "figure_data": study.figure_data, "runs": study.done}
 
 
