@@ -650,6 +650,7 @@ def test_full_is_the_whole_study_and_the_report_names_the_command_that_reproduce
     recorded command names every choice that changes what is measured, never --out or --resume."""
     from IQTEnhanceApps import cli
     from IQTEnhanceApps.study import command as study_command
+    from IQTEnhanceApps.common.runtime import available_cores
     from IQTEnhanceApps.study.runner import FULL_LAMBDA_SWEEP
 
     seen = {}
@@ -663,12 +664,15 @@ def test_full_is_the_whole_study_and_the_report_names_the_command_that_reproduce
     config = seen["config"]
     assert "ood_thick" in [c.name for c in config.cases] and config.seeds == (0,)
     assert config.lambda_sweep == FULL_LAMBDA_SWEEP and config.lambda_sweep_rows == ("srep-paper",)
+    assert config.lambda_sweep_slab == 4 and config.jobs == available_cores()   # whole cases in parallel
     assert config.command == "iqt-enhance benchmark quality --full"
     assert cli.main(["benchmark", "quality", "--out", str(tmp_path), "--resume", "-q", "--methods", "linear", "srep",
                      "--cases", "in_distribution", "--seeds", "1", "2", "--model", "srep=/x/m.iqtm",
                      "--lambda-sweep", "0.02", "--lambda-sweep-rows", "srep"]) == 0
     config = seen["config"]
     assert config.resume and config.lambda_sweep == (0.02,)
+    assert cli.main(["benchmark", "quality", "--fixtures", "--out", str(tmp_path), "-q"]) == 0
+    assert seen["config"].jobs == 1                                  # crops: seconds per case, one process
     assert config.command == ("iqt-enhance benchmark quality --model srep=FILE --methods linear srep "
                               "--cases in_distribution --seeds 1 2 --lambda-sweep 0.02 --lambda-sweep-rows srep")
 

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "IQTEnhance"))
 
 from IQTEnhanceApps.study.cases import default_cases, fixture_cases  # noqa: E402
-from IQTEnhanceApps.study.runner import StudyConfig, _cpu_count, run_study  # noqa: E402
+from IQTEnhanceApps.common.runtime import available_cores  # noqa: E402
+from IQTEnhanceApps.study.runner import StudyConfig, run_study  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     import torch
     cases = [c for c in (fixture_cases() if args.fixtures else default_cases(True)) if c.name in args.cases]
     models = {m: [args.model] for m in args.methods} if args.model else None
-    print(f"{_cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; rows {', '.join(args.methods)}; "
+    print(f"{available_cores()} cores, load average {os.getloadavg()[0]:.2f}; rows {', '.join(args.methods)}; "
           f"cases {', '.join(c.name for c in cases)}", flush=True)
     timings, records = {}, {}
     for jobs in (1, args.jobs):
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     print("\n| configuration | wall s | ratio to one process | records agree |\n|---|---|---|---|")
     for jobs in (1, args.jobs):
         label = (f"one process, {torch.get_num_threads()} torch thread(s)" if jobs == 1 else
-                 f"{jobs} workers, {max(1, _cpu_count() // jobs)} thread(s) each")
+                 f"{jobs} workers, {max(1, available_cores() // jobs)} thread(s) each")
         print(f"| {label} | {timings[jobs]:.1f} | {timings[jobs] / timings[1]:.2f} | "
               f"{'yes' if agree else 'NO'} |")
     print(f"load average after: {os.getloadavg()[0]:.2f}")

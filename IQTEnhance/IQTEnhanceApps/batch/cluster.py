@@ -3,10 +3,10 @@ SLURM/PBS/SGE cluster through dask-jobqueue.  Dask is imported only here, inside
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
+from IQTEnhanceApps.common.runtime import available_cores
 from IQTEnhanceLib.errors import InputError, require_module
 
 CLUSTER_KINDS = ("slurm", "pbs", "sge")
@@ -47,13 +47,6 @@ walltime: "04:00:00"
 job_extra_directives: ["--gres=gpu:1"]
 jobs: 4                      # four GPU jobs = four volumes at a time
 """
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _total_memory() -> Optional[int]:

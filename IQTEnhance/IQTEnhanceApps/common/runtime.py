@@ -4,6 +4,7 @@ progress bar, lines for the user, and the process's peak memory.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from typing import Optional
@@ -120,3 +121,11 @@ def peak_rss_mb() -> Optional[float]:
     except OSError:
         pass
     return None
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask on Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

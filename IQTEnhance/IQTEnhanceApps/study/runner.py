@@ -33,7 +33,7 @@ from IQTEnhanceApps.study.measures import (
     training_mean,
     trust_error_correlation,
 )
-from IQTEnhanceApps.common.runtime import peak_rss_mb, peak_rss_reset
+from IQTEnhanceApps.common.runtime import available_cores, peak_rss_mb, peak_rss_reset
 from IQTEnhanceApps.study.report import render_report
 from IQTEnhanceLib.errors import CancelledError, InputError, ModelError
 from IQTEnhanceLib.files import atomic_path, write_json_atomic, write_text_atomic
@@ -420,7 +420,7 @@ class StudyRun:
         import multiprocessing
 
         groups = self.case_groups()
-        threads = max(1, _cpu_count() // jobs)
+        threads = max(1, available_cores() // jobs)
         # spawn, not fork: the parent has torch (and its thread pools) loaded already
         pool = multiprocessing.get_context("spawn").Pool(min(jobs, max(len(groups), 1)))
         try:
@@ -637,7 +637,7 @@ class StudyRun:
             "records": self.records, "lesions": self.lesion_tables, "failures": self.failures,
             **self.slab_results(),
             "seconds": self.earlier_seconds + seconds,
-            "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}",
+            "machine": f"{platform.machine()}, {available_cores()} CPU cores, Python {platform.python_version()}",
             "engine_version": _engine_version(), "resumed": bool(self.kept),
         }
 
@@ -780,11 +780,3 @@ def rerender(out_dir) -> dict:
     write_text_atomic(out_dir / "README.md", render_report(results))
     return results
 
-
-def _cpu_count() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
