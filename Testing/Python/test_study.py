@@ -531,15 +531,15 @@ def test_lambda_sweep_and_computational_profile(tmp_path):
 def test_a_slab_codes_as_inside_the_whole_case():
     """The λ sweep's slab (a crop of the LQ case, normalised by the whole case's intensity scale)
     gives on its scored slices what the whole case gives there."""
-    from IQTEnhanceApps.study.runner import case_slab, resolve_methods, slab_input, slab_scored
+    from IQTEnhanceApps.study.runner import case_slab, resolve_methods
     from IQTEnhanceLib import api
     from IQTEnhanceLib.errors import InputError
     from IQTEnhanceLib.normalize import intensity_scale
 
     data = study.prepare_case(_case("in_distribution"), LOADER)
     slab = case_slab(data.mask, data.lq.array.shape, 4, "k", 4)
-    assert (slab.start, slab.stop, slab.coded(12)) == (4, 8, (2, 10))
-    crop = slab_input(data.lq, slab, "k")
+    assert (slab.start, slab.stop, slab.coded) == (4, 8, (2, 10))
+    crop = slab.lq_input(data.lq)
     np.testing.assert_array_equal(crop.array, data.lq.array[2:10])
     assert np.allclose(crop.physical_point((0, 0, 0)), data.lq.physical_point((0, 0, 2)))
     scale = intensity_scale(data.lq.array)
@@ -548,11 +548,11 @@ def test_a_slab_codes_as_inside_the_whole_case():
     part = api.enhance(crop, "srep", model=paper, device="cpu", intensity_scale=scale)
     assert part.info["intensity_scale"] == scale
     assert np.allclose(part.volume.physical_point((0, 0, 0)), whole.physical_point((0, 0, 8)))
-    inside = slab_scored(data.mask, slab, 4, "k", False, 12)
-    a = slab_scored(part.volume.array, slab, 4, "k", True, 12)[inside]
-    b = slab_scored(whole.array, slab, 4, "k", False, 12)[inside]
+    inside = slab.of_case(data.mask)
+    a = slab.of_output(part.volume.array)[inside]
+    b = slab.of_case(whole.array)[inside]
     assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
-    assert case_slab(data.mask, data.lq.array.shape, 4, "k", 0).coded(12) == (0, 12)   # 0: the whole case
+    assert case_slab(data.mask, data.lq.array.shape, 4, "k", 0).coded == (0, 12)   # 0: the whole case
     with pytest.raises(InputError, match="positive"):
         api.enhance(crop, "trilinear", intensity_scale=0)
 

@@ -224,14 +224,43 @@ def lambda_sweep_runs(runs: list, lambdas, models: Optional[dict] = None, rows=(
 
 @dataclasses.dataclass
 class Slab:
-    """A central slab of a case along the thick axis: LQ slices ``start`` to ``stop`` are scored,
-    ``margin`` more on each side are coded too (LQ slice m covers HQ slices m·f … m·f+f−1)."""
+    """A central slab of a case along the thick ``axis``: LQ slices ``start`` to ``stop`` (of
+    ``n_lq``) are scored, ``margin`` more on each side are coded too (LQ slice m covers HQ slices
+    m·f … m·f+f−1 at factor f)."""
     start: int
     stop: int
     margin: int
+    n_lq: int
+    factor: int
+    axis: str
 
-    def coded(self, n_lq: int) -> tuple:
-        return max(self.start - self.margin, 0), min(self.stop + self.margin, n_lq)
+    @property
+    def coded(self) -> tuple:
+        """The LQ slices coded: the scored ones and the margin (inside the case)."""
+        return max(self.start - self.margin, 0), min(self.stop + self.margin, self.n_lq)
+
+    def lq_input(self, lq):
+        """The LQ volume of the coded slices (a crop, geometry moved with it)."""
+        from IQTEnhanceLib.volume import Volume, ijk_index
+
+        ax, a = array_axis(self.axis), ijk_index(self.axis)
+        lo, hi = self.coded
+        array = np.ascontiguousarray(np.take(lq.array, np.arange(lo, hi), axis=ax))
+        origin = lq.origin + lq.direction[:, a] * lq.spacing[a] * lo
+        return Volume(array, lq.spacing.copy(), origin, lq.direction.copy())
+
+    def of_case(self, array: np.ndarray) -> np.ndarray:
+        """The scored HQ slices of a whole-case HQ array (truth, mask)."""
+        return self._hq_slices(array, 0)
+
+    def of_output(self, array: np.ndarray) -> np.ndarray:
+        """The scored HQ slices of the output of :meth:`lq_input`'s enhancement."""
+        return self._hq_slices(array, self.coded[0])
+
+    def _hq_slices(self, array: np.ndarray, first_lq: int) -> np.ndarray:
+        f = self.factor
+        return np.take(array, np.arange((self.start - first_lq) * f, (self.stop - first_lq) * f),
+                       axis=array_axis(self.axis))
 
 
 def case_slab(mask: np.ndarray, lq_shape: tuple, factor: int, axis: str, slices: int,
@@ -241,30 +270,11 @@ def case_slab(mask: np.ndarray, lq_shape: tuple, factor: int, axis: str, slices:
     ax = array_axis(axis)
     n_lq = lq_shape[ax]
     if slices <= 0 or slices >= n_lq:
-        return Slab(0, n_lq, 0)
+        return Slab(0, n_lq, 0, n_lq, factor, axis)
     profile = mask.sum(axis=tuple(a for a in range(3) if a != ax)).astype(float)
     centre = (profile * np.arange(len(profile))).sum() / max(profile.sum(), 1.0) / factor   # in LQ slices
     start = int(np.clip(round(centre - slices / 2), 0, n_lq - slices))
-    return Slab(start, start + slices, margin)
-
-
-def slab_input(lq, slab: Slab, axis: str):
-    """The LQ volume of the slab's coded slices (a crop, geometry moved with it)."""
-    from IQTEnhanceLib.volume import Volume, ijk_index
-
-    ax, a = array_axis(axis), ijk_index(axis)
-    lo, hi = slab.coded(lq.array.shape[ax])
-    array = np.ascontiguousarray(np.take(lq.array, np.arange(lo, hi), axis=ax))
-    origin = lq.origin + lq.direction[:, a] * lq.spacing[a] * lo
-    return Volume(array, lq.spacing.copy(), origin, lq.direction.copy())
-
-
-def slab_scored(array: np.ndarray, slab: Slab, factor: int, axis: str, coded: bool, n_lq: int) -> np.ndarray:
-    """The scored HQ slices of ``array``: a whole-case HQ array, or (``coded``) the output of
-    :func:`slab_input`."""
-    ax = array_axis(axis)
-    offset = slab.coded(n_lq)[0] if coded else 0
-    return np.take(array, np.arange((slab.start - offset) * factor, (slab.stop - offset) * factor), axis=ax)
+    return Slab(start, start + slices, margin, n_lq, factor, axis)
 
 
 def model_lambda(model) -> Optional[float]:
@@ -521,7 +531,7 @@ class StudyRun:
 
     def enhance(self, run, case, data, seed: int, scale: Optional[float] = None):
         """(result, seconds), or None when the method failed (recorded: one broken method must not
-        sink a 30-minute study).  A slab row codes only its slab (:func:`slab_input`), normalised by
+        sink a 30-minute study).  A slab row codes only its slab (:meth:`Slab.lq_input`), normalised by
         the whole case's intensity ``scale`` so that it codes as it would in the whole case."""
         from IQTEnhanceLib import api
 
@@ -530,7 +540,7 @@ class StudyRun:
         lq, expected, normalisation = data.lq, data.hq.array.shape, None
         if run.slab:
             slab = self.slab_of(data, run)
-            lq, normalisation = slab_input(data.lq, slab, config.axis), scale
+            lq, normalisation = slab.lq_input(data.lq), scale
             expected = list(data.hq.array.shape)
             expected[array_axis(config.axis)] = lq.array.shape[array_axis(config.axis)] * config.factor
             expected = tuple(expected)
@@ -583,16 +593,12 @@ class StudyRun:
     def record_slab(self, run, case, data, seed: int, result, scale: float) -> None:
         """Score a slab row's output on its slab's scored slices (no lesion measures, no figure)."""
         result, seconds = result
-        config = self.config
         slab = self.slab_of(data, run)
-        n_lq = data.lq.array.shape[array_axis(config.axis)]
-        output = slab_scored(result.volume.array, slab, config.factor, config.axis, True, n_lq)
-        truth = slab_scored(data.hq.array, slab, config.factor, config.axis, False, n_lq)
-        mask = slab_scored(data.mask, slab, config.factor, config.axis, False, n_lq)
+        output, truth, mask = slab.of_output(result.volume.array), slab.of_case(data.hq.array), slab.of_case(data.mask)
         rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
                "model_sha256": getattr(run.model, "checksum", None),
                "peak_rss_mb": peak_rss_mb() if self.rss_measured else None, "threads": _torch_threads(),
-               "slab_lq_slices": run.slab, "slab": [slab.start, slab.stop], "slab_coded": list(slab.coded(n_lq)),
+               "slab_lq_slices": run.slab, "slab": [slab.start, slab.stop], "slab_coded": list(slab.coded),
                "slab_brain_voxels": int(mask.sum())}
         rec.update({k: v for k, v in evaluate_arrays(output, truth, mask).items() if k != "voxels"})
         rec.update(regression_to_mean(output, truth, mask, scale, self.mu_train))
