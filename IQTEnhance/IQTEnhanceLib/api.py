@@ -238,8 +238,7 @@ def execute(lq: Volume, plan_: EnhancePlan, progress=None, cancel=None,
 
     ``intensity_scale``: normalise by this value instead of the input's own (the 99th percentile of
     its foreground, :func:`.normalize.intensity_scale`), so that a crop of a larger scan is enhanced
-    exactly as inside the whole scan (the intensity-dependent parts, such as the lasso's λ, see the
-    same numbers)."""
+    exactly as inside the whole scan (every intensity-dependent step sees the same numbers)."""
     started = time.perf_counter()
     if tuple(lq.array.shape) != plan_.input_shape:
         raise InputError(f"the plan was made for a {plan_.input_shape} volume, not {tuple(lq.array.shape)}")

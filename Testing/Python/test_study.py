@@ -591,11 +591,11 @@ def test_a_study_resumes_and_extends_without_rerunning_what_it_has(tmp_path, mon
     calls = []
     real_enhance = runner.StudyRun.enhance
 
-    def counting(self, run, case, data, seed, scale=None):
+    def counting(self, run, case, data, seed, *where):
         calls.append((case.name, run.name))
         if case.name == "ood_low_snr" and stop_at_low_snr:
             raise CancelledError("killed")          # the session ends in the middle of the second case
-        return real_enhance(self, run, case, data, seed, scale)
+        return real_enhance(self, run, case, data, seed, *where)
 
     monkeypatch.setattr(runner.StudyRun, "enhance", counting)
     stop_at_low_snr = True

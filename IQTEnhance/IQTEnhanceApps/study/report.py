@@ -207,8 +207,6 @@ def _lambda_section(results: dict, agg: dict) -> list:
     own = {m["name"]: m.get("lam") for m in results["methods"]}
     own.update({row: sweep_part.get("own_lam", {}).get(row, own.get(row)) for row in swept})
     first = {(r["case"], r["method"]): r for r in records if r.get("replicate", 0) == 0}
-    if not sweep_part:
-        first.update({(r["case"], r["method"]): r for r in results["records"] if r.get("replicate", 0) == 0})
 
     def measured(name):
         """({case: NRMSE}, seconds on the first case with torch's thread count when recorded)."""

@@ -511,14 +511,16 @@ class StudyRun:
             fd = self.figure_data.setdefault(case.name, {"outputs": {}, "trust": {}})
             fd.update({"j": fig_j, "truth": truth[:, fig_j, :].copy(), "mask": data.mask[:, fig_j, :].copy(),
                        "lq": None})
+        # the λ sweep's slab (every slab row of a study scores the same one)
+        slab = case_slab(data.mask, data.lq.array.shape, config.factor, config.axis, config.lambda_sweep_slab)
         for run in self.pending(case, seed):
-            result = self.enhance(run, case, data, seed, scale)
+            result = self.enhance(run, case, data, seed, slab if run.slab else None, scale)
             self.done += 1
             if result is None:
                 continue
             if run.slab:
                 if (case.name, seed, run.name, run.replicate) not in self.kept:
-                    self.record_slab(run, case, data, seed, result, scale)
+                    self.record_slab(run, case, data, seed, result, slab, scale)
                 continue
             if case.name in self.needed_twins:
                 twin_outputs[case.name][run.key] = result[0].volume.array
@@ -526,24 +528,19 @@ class StudyRun:
                 twin = twin_outputs.get(case.paired_with) if case.paired_with else None
                 self.record(run, case, data, seed, result, twin, fig_j, scale)
 
-    def slab_of(self, data, run) -> Slab:
-        return case_slab(data.mask, data.lq.array.shape, self.config.factor, self.config.axis, run.slab)
-
-    def enhance(self, run, case, data, seed: int, scale: Optional[float] = None):
+    def enhance(self, run, case, data, seed: int, slab: Optional[Slab] = None, scale: Optional[float] = None):
         """(result, seconds), or None when the method failed (recorded: one broken method must not
-        sink a 30-minute study).  A slab row codes only its slab (:meth:`Slab.lq_input`), normalised by
-        the whole case's intensity ``scale`` so that it codes as it would in the whole case."""
+        sink a 30-minute study).  With a ``slab`` only its LQ slices are coded (:meth:`Slab.lq_input`),
+        normalised by the whole case's intensity ``scale`` so that they code as in the whole case."""
         from IQTEnhanceLib import api
+        from IQTEnhanceLib.grid import hq_geometry
 
         config, at = self.config, self.done / max(self.total, 1)
         self.reporter(at, f"{case.name} (seed {seed}): {run.name}")
         lq, expected, normalisation = data.lq, data.hq.array.shape, None
-        if run.slab:
-            slab = self.slab_of(data, run)
+        if slab is not None:
             lq, normalisation = slab.lq_input(data.lq), scale
-            expected = list(data.hq.array.shape)
-            expected[array_axis(config.axis)] = lq.array.shape[array_axis(config.axis)] * config.factor
-            expected = tuple(expected)
+            expected = hq_geometry(lq, config.factor, config.axis)["shape"]
         self.rss_measured = peak_rss_reset()
         t0 = time.perf_counter()
         try:
@@ -590,10 +587,9 @@ class StudyRun:
                 fd["trust"][run.name] = trust.array[:, fig_j, :].copy()
         self.log(_record_line(rec))
 
-    def record_slab(self, run, case, data, seed: int, result, scale: float) -> None:
+    def record_slab(self, run, case, data, seed: int, result, slab: Slab, scale: float) -> None:
         """Score a slab row's output on its slab's scored slices (no lesion measures, no figure)."""
         result, seconds = result
-        slab = self.slab_of(data, run)
         output, truth, mask = slab.of_output(result.volume.array), slab.of_case(data.hq.array), slab.of_case(data.mask)
         rec = {"case": case.name, "seed": seed, "method": run.name, "replicate": run.replicate, "seconds": seconds,
                "model_sha256": getattr(run.model, "checksum", None),
