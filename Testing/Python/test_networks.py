@@ -269,10 +269,15 @@ def test_cuda_batch_size_comes_from_free_memory(models):
     assert 1 <= auto_batch_size(net, (16, 160, 160), "cuda") <= 64
 
 
-DDL_VARIANTS = [dict(generator=g, compensation=c) for g in (False, True) for c in (False, True)]
+DDL_VARIANTS = [dict(generator=g, compensation=c) for g in (False, True) for c in (False, True)] + \
+    [dict(gain="signed"), dict(gain="positive", compensation=True), dict(gain="signed", generator=True)]
 
 
-@pytest.mark.parametrize("variant", DDL_VARIANTS, ids=lambda v: "-".join(k for k, on in v.items() if on) or "free")
+def _variant_id(variant: dict) -> str:
+    return "-".join(k if on is True else f"{k}-{on}" for k, on in variant.items() if on) or "free"
+
+
+@pytest.mark.parametrize("variant", DDL_VARIANTS, ids=_variant_id)
 @pytest.mark.parametrize("factor,shape", [(4, (5, 13, 11)), (3, (3, 7, 9)), (2, (7, 5, 6))])
 def test_ddl_variants_give_hq_shapes_and_start_as_linear_interpolation(rng, variant, factor, shape):
     """The SRDD variants (dictionary generator, compensation branch) on odd sizes: HQ grid shape, and the
@@ -284,7 +289,34 @@ def test_ddl_variants_give_hq_shapes_and_start_as_linear_interpolation(rng, vari
     assert out.shape == (2, 1, shape[0] * factor) + shape[1:]
     for b in range(2):
         np.testing.assert_allclose(out[b, 0], upsample_array(x.numpy()[b, 0], factor, 0, "trilinear"), atol=1e-5)
-    assert net.coefficients(x).shape[1] == 64 * (2 if variant["compensation"] else 1)
+    assert net.coefficients(x).shape[1] == 64 * (2 if variant.get("compensation") else 1)
+
+
+def test_ddl_gain_scales_the_softmax_weights_and_is_kept_in_the_model_file(rng):
+    """With a gain the coefficients of a voxel sum to its gain (1 at the start), not to 1; the gain
+    kind travels in the model file's parameters, and a file without it is SRDD's plain softmax."""
+    from IQTEnhanceLib.nets.serialization import model_from_network, network_from_model
+
+    x = torch.from_numpy(rng.uniform(0, 1, size=(1, 1, 4, 9, 7)).astype(np.float32))
+    for gain in ("signed", "positive"):
+        torch.manual_seed(2)
+        net = build_network("ddl", 4, 4, 2, 64, 1, 0, gain=gain)
+        with torch.no_grad():
+            np.testing.assert_allclose(net.coefficients(x).sum(1).numpy(), 1.0, atol=1e-5)
+            for p in net.parameters():
+                p.normal_(0.0, 0.1)
+            net.tail[-1].bias[-1] = -3.0                # the gain channel comes last: t ≈ -3
+            sums = net.coefficients(x).sum(1).numpy()
+        # no longer a convex combination: signed 1 + t ≈ -2, positive softplus(t + 0.54) ≈ 0.08
+        assert ((sums < -1.5) & (sums > -2.5)).all() if gain == "signed" else ((sums > 0) & (sums < 0.2)).all()
+        params = dict(architecture_params("ddl", 4, 4, 2, 64, 1, 0, gain=gain), lq_aspect=4.0)
+        assert params["gain"] == gain
+        again = network_from_model(model_from_network("ddl", net.eval(), "gain", params, {}), "cpu")
+        with torch.no_grad():
+            np.testing.assert_allclose(again(x).numpy(), net(x).numpy(), atol=1e-5)
+    assert "gain" not in architecture_params("ddl", 4, 4, 2, 64, 1)
+    with pytest.raises(ValueError, match="gain must be one of"):
+        build_network("ddl", 4, 4, 2, 64, 1, 0, gain="sigmoid")
 
 
 @pytest.mark.parametrize("axis", ["i", "j", "k"])

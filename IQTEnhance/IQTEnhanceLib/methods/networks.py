@@ -55,6 +55,9 @@ _COMMON_TRAIN = (
                  "the head, or only around the brain mask", ("head", "brain")),
 )
 
+# IQT-DDL's per-voxel gain on the softmax weights (see nets.architectures.DeepDictionaryNet)
+DDL_GAINS = ("none", "signed", "positive")
+
 _DDL_TRAIN = (
     MethodOption("atoms", int, 64, "dictionary size K", (64, 128, 256)),
     MethodOption("atom_size", int, 1, "atoms' in-plane neighbourhood n (atom = factor × n × n HQ voxels)", (1, 3)),
@@ -63,6 +66,9 @@ _DDL_TRAIN = (
     MethodOption("compensation", bool, False, "SRDD's compensation branch: a second coefficient map over atoms "
                  "shifted by half a block along the thick axis, fused by a convolution"),
     MethodOption("logit_scale", float, 1.0, "temperature on the coefficient logits", minimum=0.0, min_exclusive=True),
+    MethodOption("gain", str, "none", "per-voxel gain on the softmax weights, so that the atom mix and the "
+                 "amplitude are learned apart: none (SRDD's convex combination of atoms), signed or positive",
+                 DDL_GAINS),
     MethodOption("dictionary_lr", float, 0.0, "learning rate of the atoms (0: lr)", minimum=0.0),
     MethodOption("atom_init", str, "random", "initial atoms: random, or the k-means centroids of the training "
                  "residuals", ("random", "kmeans")),

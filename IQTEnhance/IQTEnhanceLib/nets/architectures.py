@@ -37,7 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..methods.networks import DDL_GAINS
+
 POOL = (1, 2, 2)          # never pool along the thick axis
+SOFTPLUS_ONE = math.log(math.e - 1.0)   # softplus(SOFTPLUS_ONE) = 1
 NEGATIVE_SLOPE = 0.1
 
 
@@ -199,7 +202,11 @@ class DeepDictionaryNet(_PadInPlane):
     * ``compensation``: a second coefficient map over the same atoms placed half a block (f/2 HQ
       slices) further along the thick axis, fused with the main synthesis by a 3×1×1 convolution, so
       that block boundaries along the thick axis are covered twice;
-    * ``logit_scale``: a fixed temperature on the logits (larger: sharper softmax sooner).
+    * ``logit_scale``: a fixed temperature on the logits (larger: sharper softmax sooner);
+    * ``gain``: the softmax weights times a per-voxel gain predicted by the tail (one more channel per
+      coefficient map), so that the atom mix (the shape of the residual) and its amplitude are learned
+      apart: ``"signed"`` (1 + t, any sign: one atom serves an edge and its mirror image),
+      ``"positive"`` (softplus, 1 at the start) or ``"none"`` (SRDD's convex combination of atoms).
 
     The atoms start centred (the generator's are centred in every forward pass), so zero logits
     (the untrained tail) give the mean atom 0 and the untrained network is exactly linear
@@ -208,10 +215,13 @@ class DeepDictionaryNet(_PadInPlane):
 
     def __init__(self, factor: int = 4, base: int = 16, levels: int = 3, atoms: int = 64, atom_size: int = 1,
                  tail_width: int = 0, generator: bool = False, compensation: bool = False,
-                 logit_scale: float = 1.0):
+                 logit_scale: float = 1.0, gain: str = "none"):
         super().__init__()
         if atom_size < 1 or atom_size % 2 == 0:
             raise ValueError(f"atom_size must be odd (got {atom_size})")
+        if gain not in DDL_GAINS:
+            raise ValueError(f"gain must be one of {', '.join(DDL_GAINS)} (got {gain!r})")
+        self.gain = gain
         self.factor = int(factor)
         self.levels = int(levels)
         self.atoms = int(atoms)
@@ -229,9 +239,10 @@ class DeepDictionaryNet(_PadInPlane):
         # unstable.  15-min runs (1 thread, validation loss ÷ the interpolation's at ~1200 steps) gave
         # 0.703 with a plain U-Net body and a direct 1×1 head, 0.699 with UNet++ and a direct head,
         # 0.685/0.689 with logits ×10 and atoms of std 0.1/0.3, against 0.69 for these defaults.
-        heads = 2 if compensation else 1
+        heads = self.heads = 2 if compensation else 1
+        gains = heads if gain != "none" else 0
         self.tail = nn.Sequential(nn.Conv3d(c, self.tail_width, 1), nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
-                                  nn.Conv3d(self.tail_width, heads * self.atoms, 1))
+                                  nn.Conv3d(self.tail_width, heads * self.atoms + gains, 1))
         # zero logits → uniform coefficients → the mean atom, which is 0: linear interpolation
         nn.init.zeros_(self.tail[-1].weight)
         nn.init.zeros_(self.tail[-1].bias)
@@ -271,10 +282,18 @@ class DeepDictionaryNet(_PadInPlane):
         return self.logit_scale * self.tail(self.body(xp))[..., : x.shape[3], : x.shape[4]]
 
     def coefficients(self, x):
-        """Softmax coefficients [batch, K, M, A, B] (SRDD: more stable than ReLU codes); with the
-        compensation branch, [batch, 2K, ...]: main then compensation coefficients."""
-        logits = self.logits(x)
-        return torch.cat([torch.softmax(part, dim=1) for part in logits.split(self.atoms, dim=1)], dim=1)
+        """Softmax coefficients [batch, K, M, A, B] (SRDD: more stable than ReLU codes), times the
+        per-voxel gain where the network has one; with the compensation branch, [batch, 2K, ...]:
+        main then compensation coefficients."""
+        out = self.logits(x)
+        logits, gains = out[:, : self.heads * self.atoms], out[:, self.heads * self.atoms:]
+        parts = [torch.softmax(part, dim=1) for part in logits.split(self.atoms, dim=1)]
+        if self.gain != "none":
+            # the tail's raw output t (0 at the start) → gain 1 at the start, whatever the kind
+            t = gains / self.logit_scale
+            g = 1.0 + t if self.gain == "signed" else F.softplus(t + SOFTPLUS_ONE)
+            parts = [part * g[:, h: h + 1] for h, part in enumerate(parts)]
+        return torch.cat(parts, dim=1)
 
     def synthesize(self, coefficients, dictionary=None):
         """Σ_k c_k(voxel) · atom_k placed on the HQ grid: [batch, 1, M*f, A, B]."""
@@ -328,12 +347,12 @@ ARCHITECTURES = {"dl": "unet3d", "ddl": "unetpp3d-dictionary"}
 
 def build_network(method: str, factor: int, base_filters: int = 16, levels: int = 3, atoms: int = 64,
                   atom_size: int = 1, tail_width: int = 0, generator: bool = False, compensation: bool = False,
-                  logit_scale: float = 1.0) -> nn.Module:
+                  logit_scale: float = 1.0, gain: str = "none") -> nn.Module:
     if method == "dl":
         return UNet3D(factor, base_filters, levels)
     if method == "ddl":
         return DeepDictionaryNet(factor, base_filters, levels, atoms, atom_size, tail_width, generator,
-                                 compensation, logit_scale)
+                                 compensation, logit_scale, gain)
     raise ValueError(f"no network for method {method!r}")
 
 

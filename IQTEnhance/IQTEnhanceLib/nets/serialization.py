@@ -25,12 +25,14 @@ WEIGHTS_MEMBER = "weights.pt"
 
 def architecture_params(method: str, factor: int, base_filters: int, levels: int, atoms: int = 64,
                         atom_size: int = 1, tail_width: int = 0, generator: bool = False,
-                        compensation: bool = False, logit_scale: float = 1.0) -> dict:
+                        compensation: bool = False, logit_scale: float = 1.0, gain: str = "none") -> dict:
     params = {"architecture": ARCHITECTURES[method], "factor": int(factor), "base_filters": int(base_filters),
               "levels": int(levels)}
     if method == "ddl":
         params.update(atoms=int(atoms), atom_size=int(atom_size), tail_width=int(tail_width or base_filters),
                       generator=bool(generator), compensation=bool(compensation), logit_scale=float(logit_scale))
+        if gain != "none":   # files without it are SRDD's plain softmax
+            params["gain"] = str(gain)
     return params
 
 
@@ -40,12 +42,12 @@ def network_from_params(method: str, params: dict, where: str = "model"):
             raise ModelError(f"{where}: architecture {params.get('architecture')!r} is not the "
                              f"{method} network ({ARCHITECTURES[method]})")
         # files written before tail_width (or the SRDD variants) were parameters: a tail as wide as the
-        # base, free atoms, no compensation branch, logits unscaled
+        # base, free atoms, no compensation branch, logits unscaled, no gain
         return build_network(method, int(params["factor"]), int(params["base_filters"]), int(params["levels"]),
                              int(params.get("atoms", 64)), int(params.get("atom_size", 1)),
                              int(params.get("tail_width", params["base_filters"])),
                              bool(params.get("generator", False)), bool(params.get("compensation", False)),
-                             float(params.get("logit_scale", 1.0)))
+                             float(params.get("logit_scale", 1.0)), str(params.get("gain", "none")))
     except ModelError:
         raise
     except (KeyError, TypeError, ValueError) as exc:

@@ -56,6 +56,7 @@ class TrainSettings:
     generator: bool = False        # DDL: atoms from SRDD's dictionary generator
     compensation: bool = False     # DDL: SRDD's compensation branch (atoms shifted by half a block)
     logit_scale: float = 1.0       # DDL: temperature on the coefficient logits
+    gain: str = "none"             # DDL: per-voxel gain on the softmax weights ("none", "signed", "positive")
     dictionary_lr: float = 0.0     # DDL: learning rate of the atoms (0: lr)
     atom_init: str = "random"      # DDL: "random" or "kmeans" (centroids of the training residuals)
 
@@ -161,8 +162,8 @@ class Trainer:
         self.torch = torch
         self.method, self.pairs, self.reporter, self.device = method, pairs, reporter, device
         s = self.settings = settings.resolved(device)
-        if method != "ddl" and (s.generator or s.compensation or s.atom_init != "random"):
-            raise InputError("generator, compensation and atom_init are IQT-DDL options")
+        if method != "ddl" and (s.generator or s.compensation or s.atom_init != "random" or s.gain != "none"):
+            raise InputError("generator, compensation, gain and atom_init are IQT-DDL options")
         if s.generator and s.atom_init == "kmeans":
             raise InputError("atom_init kmeans sets free atoms; the dictionary generator makes its own")
         self.factor = pairs.factor
@@ -175,9 +176,9 @@ class Trainer:
         torch.manual_seed(self.seed)
         self.rng = np.random.default_rng(self.seed)
         self.arch = architecture_params(method, self.factor, s.base_filters, s.levels, s.atoms, s.atom_size,
-                                        0, s.generator, s.compensation, s.logit_scale)
+                                        0, s.generator, s.compensation, s.logit_scale, s.gain)
         net = build_network(method, self.factor, s.base_filters, s.levels, s.atoms, s.atom_size, 0,
-                            s.generator, s.compensation, s.logit_scale)
+                            s.generator, s.compensation, s.logit_scale, s.gain)
         self.net = use_channels_last(net.to(device), device)
         dictionary = list(self.net.dictionary_parameters()) if method == "ddl" else []
         ids = {id(p) for p in dictionary}
