@@ -48,7 +48,7 @@ class TrainSettings:
     threads: int = 0               # torch CPU threads (0: leave torch's setting)
     pool_size: int = 4
     refresh_every: int = 25
-    intensity_jitter: float = 0.1
+    intensity_jitter: float = 0.4
     flips: bool = True
     validation_draws: int = 4      # contrast/noise draws per held-out cube and axis
     until_converged: bool = False  # stop once validation improves < 1% over the last 20% of steps
