@@ -132,6 +132,11 @@ def model_card(model, path: Path, title: str, model_lines: list, training_lines:
         lines += ["", f"Check at the end of training ({check['where']}, whole enhancement path, SNR {check['snr']}): "
                       f"NRMSE {check['nrmse']:.4f} vs trilinear {check['nrmse_trilinear']:.4f} "
                       f"({'beats' if check['beats_linear'] else '**does not beat**'} linear interpolation)."]
+        if check.get("nrmse_rescaled"):
+            rescaled = ", ".join(f"×{f}: {v:.4f}" for f, v in check["nrmse_rescaled"].items())
+            lines[-1] += (f" The same LQ normalised with its intensity scale changed ({rescaled}): "
+                          f"{'robust' if check['robust_to_normalisation'] else '**not robust**'} to the scan's "
+                          f"normalisation (worst {check['normalisation_ratio']:.3f}× its own NRMSE).")
     evaluations = [t[key] for key in ("evaluation", "evaluation_other") if t.get(key)]
     for e in evaluations:
         lines += ["", "## Held-out evaluation" if e.get("dataset", "colin27_t1") == "colin27_t1" else "## Evaluation",

@@ -260,6 +260,23 @@ def test_training_checks_the_model_on_held_out_cubes(trained):
     assert check["where"] == "held-out cubes of the training volume" and check["voxels"] > 0
     assert check["nrmse_trilinear"] > 0 and check["beats_linear"] == (check["nrmse"] < check["nrmse_trilinear"])
     assert abs(check["ratio_to_trilinear"] - check["nrmse"] / check["nrmse_trilinear"]) < 1e-3
+    # and the same LQ normalised with its intensity scale ×0.7 and ×1.4
+    assert set(check["nrmse_rescaled"]) == {"0.7", "1.4"} and min(check["nrmse_rescaled"].values()) > 0
+    worst = max(check["nrmse_rescaled"].values()) / check["nrmse"]
+    assert abs(check["normalisation_ratio"] - worst) < 1e-3
+    assert check["robust_to_normalisation"] == (check["normalisation_ratio"] <= 1.05)
+
+
+def test_training_warns_when_the_model_depends_on_the_intensity_normalisation(icbm_t1, monkeypatch):
+    """A model whose NRMSE changes with the LQ's intensity scale beyond the tolerance is reported (here
+    with a tolerance of 0, which no model meets) and marked in its file."""
+    from IQTEnhanceLib.nets import heldout
+
+    monkeypatch.setattr(heldout, "NORMALISATION_TOLERANCE", 0.0)
+    image, mask = icbm_t1
+    with pytest.warns(UserWarning, match="depends on the scan's intensity normalisation"):
+        model = api.train("dl", [image], masks=[mask], seed=2, steps=2, **TINY)
+    assert model.training["heldout_check"]["robust_to_normalisation"] is False
 
 
 def test_held_out_check_tells_a_good_model_from_a_broken_one(icbm_t1, colin):

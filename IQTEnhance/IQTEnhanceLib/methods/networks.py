@@ -119,7 +119,7 @@ def _make_enhance(method: str):
 def _make_train(method: str):
     def train(pairs, factor, options, reporter, provenance):
         from ..devices import resolve_device
-        from ..nets.heldout import heldout_check, heldout_region, warning_text
+        from ..nets.heldout import heldout_check, heldout_region, normalisation_warning_text, warning_text
         from ..nets.serialization import model_from_network
         from ..nets.training import TrainSettings, train_network
 
@@ -149,8 +149,10 @@ def _make_train(method: str):
         else:
             check = None
         model.training["heldout_check"] = check
-        if check is not None and not check["beats_linear"]:
-            text = warning_text(check)
+        texts = [] if check is None else \
+            [warning_text(check)] * (not check["beats_linear"]) + \
+            [normalisation_warning_text(check)] * (not check["robust_to_normalisation"])
+        for text in texts:
             warnings.warn(text, stacklevel=2)
             reporter(0.99, f"WARNING: {text}", force=True)
         reporter(1.0, "trained", force=True)
