@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..normalize import intensity_scale
 from ..simulate import SimulationParameters, foreground_mask
 from ..volume import Volume
 
@@ -40,8 +41,6 @@ def heldout_check(model, hq: np.ndarray, region: np.ndarray, where: str, seed: i
     region = region[:keep]
     params = SimulationParameters(factor=f, axis=CHECK_AXIS, snr=CHECK_SNR, seed=seed)
     lq, _ = simulate.simulate(Volume(hq_c, (1.0, 1.0, 1.0)), params)
-    from ..normalize import intensity_scale
-
     def score(method, **options):
         out = api.enhance(lq, method, model=model if method == model.method else None, axis=CHECK_AXIS,
                           device="cpu", **options)
