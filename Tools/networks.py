@@ -23,7 +23,7 @@ def parser(description: str, minutes: float):
                    help="tissue-contrast factors drawn per patch (default 1 1: none)")
     p.add_argument("--checkpoint-dir", default="")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--no-converge", action="store_true", help="run the whole budget (default: stop once the "
                    "validation loss improves < 1%% over the last 20%% of the steps)")
     return p

@@ -36,7 +36,7 @@ class TrainSettings:
     levels: int = 3
     atoms: int = 64                # DDL dictionary size K
     atom_size: int = 1             # DDL atoms' in-plane neighbourhood n (odd)
-    lr: float = 1e-3
+    lr: float = 5e-4
     clip: float = 1.0              # gradient-norm clipping (0: none)
     loss: str = "mse"
     validation_fraction: float = 0.1
