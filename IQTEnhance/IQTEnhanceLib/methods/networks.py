@@ -32,8 +32,8 @@ _COMMON_TRAIN = (
                  "32 on CUDA)", minimum=0),
     MethodOption("levels", int, 3, "resolution levels (pooling 1×2×2, never along the thick axis)", minimum=1, maximum=6),
     # 5e-4 (was 1e-3): with the ±40% intensity jitter, IQT-DL at 1e-3 (shipped recipe, one thread) swung
-    # between 0.68x and 1.16x the interpolation's validation loss over its first 4,000 steps and IQT-DDL's
-    # collapsed to interpolation; at 5e-4 DL fell steadily, 0.67x → 0.40x at step 2,000 → 0.34x at 3,500
+    # between 0.68x and 1.16x the interpolation's validation loss over its first 4,000 steps (and an IQT-DDL
+    # with the positive gain collapsed to interpolation); at 5e-4 DL fell steadily, 0.67x → 0.40x at step 2,000 → 0.34x at 3,500
     MethodOption("lr", float, 5e-4, "Adam learning rate (cosine decay over the budget)", minimum=0.0, min_exclusive=True),
     MethodOption("clip", float, 1.0, "gradient-norm clipping (0: none)", minimum=0.0),
     MethodOption("loss", str, "mse", "voxel-wise loss", ("mse", "l1")),
