@@ -168,6 +168,22 @@ def test_shipped_networks_beat_trilinear_by_a_fifth_on_the_committed_crop(colin,
     assert ours <= 0.8 * linear, f"{method}: {ours:.4f} vs trilinear {linear:.4f}"
 
 
+@pytest.mark.parametrize("method", ["dl"])
+def test_shipped_networks_do_not_depend_on_the_scans_intensity_normalisation(colin, method):
+    """A scan is normalised by the 99th percentile of its head, which depends on what else the field of
+    view holds (Colin27's scalp puts its brain at 0.71× the template's).  The shipped networks are
+    trained with a ±40% intensity jitter: the same LQ normalised ×0.7 or ×1.3 scores within 1.5% of its
+    own normalisation (the DL shipped before, trained with ±10%: +2.4% at ×0.7 here; this one: +1.0%)."""
+    from IQTEnhanceLib.normalize import intensity_scale
+
+    image, mask = colin
+    lq, _ = simulate.simulate(image, factor=4, axis="k", snr=20, seed=1)
+    scale = intensity_scale(lq.array.astype(np.float32))
+    nrmse = {f: metrics.evaluate(api.enhance(lq, method, device="cpu", intensity_scale=scale * f).volume, image,
+                                 mask)["nrmse"] for f in (0.7, 1.0, 1.3)}
+    assert max(nrmse[0.7], nrmse[1.3]) <= 1.015 * nrmse[1.0], nrmse
+
+
 def test_cli_trains_and_enhances_with_a_network(icbm_t1, colin, tmp_path):
     from IQTEnhanceApps import cli
     from IQTEnhanceLib.volume import read_volume, write_volume
