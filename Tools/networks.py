@@ -23,10 +23,17 @@ def parser(description: str, minutes: float):
                    help="tissue-contrast factors drawn per patch (default 1 1: none)")
     p.add_argument("--checkpoint-dir", default="")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the library's)")
     p.add_argument("--no-converge", action="store_true", help="run the whole budget (default: stop once the "
                    "validation loss improves < 1%% over the last 20%% of the steps)")
     return p
+
+
+def learning_rate(args, method: str) -> float:
+    """``--lr``, or the library's default learning rate of ``method``'s training."""
+    from IQTEnhanceLib.methods import get_method
+
+    return args.lr or get_method(method).validate_options({}, train=True)["lr"]
 
 
 def train(args, method: str, name: str, **extra):
@@ -34,7 +41,8 @@ def train(args, method: str, name: str, **extra):
 
     torch.set_num_threads(args.threads)
     # 21 held-out cubes of the head × 3 axes × 8 contrast/noise draws = 504 validation patches
-    options = dict(minutes=args.minutes, threads=args.threads, lr=args.lr, checkpoint_dir=args.checkpoint_dir,
+    options = dict(minutes=args.minutes, threads=args.threads, lr=learning_rate(args, method),
+                   checkpoint_dir=args.checkpoint_dir,
                    resume=args.resume, device=args.device, validation_every=500, checkpoint_every=250,
                    validation_fraction=0.15, validation_draws=8, until_converged=not args.no_converge, **extra)
     return shipping.train(method, name, args.seed, simulation=ParameterRanges(contrast=tuple(args.contrast_range)),

@@ -38,13 +38,14 @@ def main(argv=None) -> int:
     p.add_argument("--generator", action="store_true", help="SRDD's dictionary generator instead of free atoms")
     p.add_argument("--no-compensation", action="store_true")
     p.add_argument("--atom-init", choices=("random", "kmeans"), default="kmeans")
-    p.add_argument("--dictionary-lr", type=float, default=1.5e-3, help="the atoms' learning rate (3× lr)")
+    p.add_argument("--dictionary-lr", type=float, default=None, help="the atoms' learning rate (default: 3× lr)")
     args = p.parse_args(argv)
 
     def train(a):
         return networks.train(a, "ddl", NAME, atoms=a.atoms, generator=a.generator,
                               compensation=not a.no_compensation,
-                              atom_init="random" if a.generator else a.atom_init, dictionary_lr=a.dictionary_lr)
+                              atom_init="random" if a.generator else a.atom_init,
+                              dictionary_lr=a.dictionary_lr or 3 * networks.learning_rate(a, "ddl"))
 
     return shipping.run(args, NAME, train, card)
 

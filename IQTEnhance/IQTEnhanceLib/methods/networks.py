@@ -152,9 +152,11 @@ def _make_train(method: str):
         else:
             check = None
         model.training["heldout_check"] = check
-        texts = [] if check is None else \
-            [warning_text(check)] * (not check["beats_linear"]) + \
-            [normalisation_warning_text(check)] * (not check["robust_to_normalisation"])
+        texts = []
+        if check is not None and not check["beats_linear"]:
+            texts.append(warning_text(check))
+        if check is not None and not check["robust_to_normalisation"]:
+            texts.append(normalisation_warning_text(check))
         for text in texts:
             warnings.warn(text, stacklevel=2)
             reporter(0.99, f"WARNING: {text}", force=True)

@@ -41,6 +41,7 @@ def heldout_check(model, hq: np.ndarray, region: np.ndarray, where: str, seed: i
     region = region[:keep]
     params = SimulationParameters(factor=f, axis=CHECK_AXIS, snr=CHECK_SNR, seed=seed)
     lq, _ = simulate.simulate(Volume(hq_c, (1.0, 1.0, 1.0)), params)
+
     def score(method, **options):
         out = api.enhance(lq, method, model=model if method == model.method else None, axis=CHECK_AXIS,
                           device="cpu", **options)
