@@ -66,7 +66,10 @@ def training_lines(model) -> list:
         "the machine's 2 cores were shared with other jobs, so the wall time is an upper bound.",
         f"- Validation: {t.get('validation_patches')} patches in held-out cubes of the head; the weights of the "
         f"lowest validation loss (step {t.get('selected_step')}) are shipped.",
-    ]
+    ] + ([f"- Started from `{t['started_from']['model']}` (sha256 {t['started_from']['checksum'][:12]}…): its U-Net "
+          "inside the UNet++, its head as the softmax over the atoms (scaled "
+          f"×{t['started_from']['atom_scale']:.0f} to keep the softmax near its linear regime)."]
+         if t.get("started_from") else [])
 
 
 LIMITS = ["- Trained without the simulator's low-field tissue-contrast change (see Tools/networks.py for the "

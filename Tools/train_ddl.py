@@ -14,6 +14,7 @@ import sys
 
 import networks
 import shipping
+from IQTEnhanceLib.models import shipped_models_dir
 
 NAME = "ddl_t1_x4"
 
@@ -39,13 +40,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-compensation", action="store_true")
     p.add_argument("--atom-init", choices=("random", "kmeans"), default="kmeans")
     p.add_argument("--dictionary-lr", type=float, default=None, help="the atoms' learning rate (default: 3× lr)")
+    p.add_argument("--init-from", default=str(shipped_models_dir() / "dl_t1_x4.iqtm"),
+                   help="IQT-DL model file to start from (default: the shipped one; '' for a fresh start)")
     args = p.parse_args(argv)
 
     def train(a):
         return networks.train(a, "ddl", NAME, atoms=a.atoms, generator=a.generator,
                               compensation=not a.no_compensation,
                               atom_init="random" if a.generator else a.atom_init,
-                              dictionary_lr=a.dictionary_lr or 3 * networks.learning_rate(a, "ddl"))
+                              dictionary_lr=a.dictionary_lr or 3 * networks.learning_rate(a, "ddl"),
+                              init_from=a.init_from)
 
     return shipping.run(args, NAME, train, card)
 

@@ -370,3 +370,57 @@ def test_cli_shows_and_draws_the_dictionary(models, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["models", "--show-dictionary", "default"]) == 0
     assert cli.main(["models", "--show-dictionary", str(tmp_path / "missing.iqtm")]) != 0
+
+
+def test_unetpp_body_can_compute_a_unet_bodys_features(rng):
+    """UNet++ contains the plain U-Net: its encoders, and its decoders on the last node of each depth
+    with the nested nodes' inputs weighted zero, give the same features."""
+    from IQTEnhanceLib.nets.architectures import UNetBody, UNetPlusPlusBody
+
+    for levels in (2, 3):
+        torch.manual_seed(levels)
+        unet, nested = UNetBody(4, levels), UNetPlusPlusBody(4, levels)
+        x = torch.from_numpy(rng.random((2, 1, 5, 8, 12), dtype=np.float32))
+        with torch.no_grad():
+            before = nested(x)
+            nested.copy_unet(unet)
+            expected, got = unet(x), nested(x)
+        assert float((before - expected).abs().max()) > 1e-3     # not equal by accident
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        UNetPlusPlusBody(4, 3).copy_unet(UNetBody(4, 2))
+
+
+@pytest.mark.parametrize("compensation,atom_size", [(False, 1), (True, 1), (True, 3)])
+def test_ddl_started_from_a_unet_reproduces_it(rng, compensation, atom_size):
+    """start_from_unet: body copied, tail and atoms set so that the softmax synthesis gives the U-Net's
+    residual to first order; the error falls as the atoms grow (the logits shrink)."""
+    from IQTEnhanceLib.nets.architectures import DeepDictionaryNet
+
+    unet = random_network("dl", base=4, levels=2, seed=1)
+    x = torch.from_numpy(rng.random((1, 1, 4, 12, 10), dtype=np.float32))
+    with torch.no_grad():
+        residual = unet.residual(x)
+    atoms = torch.from_numpy(rng.standard_normal((64, 4)).astype(np.float32))
+    errors = []
+    for scale in (1.0, 30.0, 1000.0):
+        ddl = DeepDictionaryNet(4, 4, 2, 64, atom_size, tail_width=8, compensation=compensation).eval()
+        ddl.start_from_unet(unet, scale * atoms)
+        with torch.no_grad():
+            errors.append(float((ddl(x) - unet(x)).pow(2).mean().sqrt() / residual.pow(2).mean().sqrt()))
+        # the stored dictionary is the one that synthesises (centre column of each atom)
+        assert float(ddl.atoms_tensor().detach()[:, :, atom_size // 2, atom_size // 2].abs().max()) > 0.5 * scale
+    assert errors[0] > 0.1 and errors[2] < 0.01 and errors[1] < errors[0], errors
+
+
+def test_ddl_start_from_unet_refuses_what_cannot_fit():
+    from IQTEnhanceLib.nets.architectures import DeepDictionaryNet
+
+    unet = random_network("dl", base=4, levels=2)
+    atoms = torch.randn(64, 4)
+    with pytest.raises(ValueError, match="at least 8 wide"):
+        DeepDictionaryNet(4, 4, 2, 64).start_from_unet(unet, atoms)
+    with pytest.raises(ValueError, match="generator"):
+        DeepDictionaryNet(4, 4, 2, 64, tail_width=8, generator=True).start_from_unet(unet, atoms)
+    with pytest.raises(ValueError, match="×4"):
+        DeepDictionaryNet(2, 4, 2, 64, tail_width=8).start_from_unet(unet, torch.randn(64, 2))

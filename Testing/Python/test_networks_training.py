@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 from conftest import requires_cuda  # noqa: E402
 from IQTEnhanceLib import api, metrics, simulate  # noqa: E402
 from IQTEnhanceLib.errors import CancelledError, InputError  # noqa: E402
-from IQTEnhanceLib.models import default_model_path, file_checksum, load_model, shipped_models  # noqa: E402
+from IQTEnhanceLib.models import default_model_path, file_checksum, load_model, save_model, shipped_models  # noqa: E402
 from IQTEnhanceLib.nets.architectures import build_network  # noqa: E402
 from IQTEnhanceLib.nets.serialization import architecture_params, load_checkpoint, network_from_model  # noqa: E402
 from IQTEnhanceLib.normalize import intensity_scale  # noqa: E402
@@ -132,6 +132,35 @@ def test_training_settings_are_checked(icbm_t1):
     with pytest.raises(InputError, match="no option"):
         api.train("dl", [image], masks=[mask], atoms=64, steps=1)
 
+
+
+def test_ddl_starts_from_a_trained_dl_model(icbm_t1, colin, tmp_path):
+    """init_from: a DDL trained from an IQT-DL model file starts as that network (its UNet++ computes
+    the U-Net's features, the softmax over large atoms its head), and its record names the file."""
+    image, mask = icbm_t1
+    quick = dict(TINY, validation_fraction=0.0)
+    dl = api.train("dl", [image], masks=[mask], seed=2, steps=6, lr=1e-2, **quick)
+    path = save_model(tmp_path / "dl.iqtm", dl)
+    ddl = api.train("ddl", [image], masks=[mask], seed=2, steps=1, lr=1e-9, dictionary_lr=1e-9, compensation=True,
+                    atom_init="kmeans", init_from=str(path), **quick)
+    started = ddl.training["started_from"]
+    assert started["model"] == dl.name and started["checksum"] == file_checksum(path) and started["atom_scale"] > 1
+    assert ddl.params["tail_width"] == 2 * TINY["base_filters"]
+    lq, _ = simulate.simulate(colin[0], factor=4, axis="k", snr=20, seed=0)
+    out_dl, out_ddl, linear = (api.enhance(lq, m, model=mod, axis="k", device="cpu").volume.array
+                               for m, mod in (("dl", dl), ("ddl", ddl), ("trilinear", None)))
+    residual = np.sqrt(np.mean((out_dl - linear) ** 2))
+    assert residual > 0
+    assert np.sqrt(np.mean((out_ddl - out_dl) ** 2)) < 0.02 * residual
+    with pytest.raises(InputError, match="needs"):
+        api.train("ddl", [image], masks=[mask], steps=1, init_from=str(path), **dict(quick, levels=3))
+    with pytest.raises(InputError, match="starts from an IQT-DL model"):
+        api.train("ddl", [image], masks=[mask], steps=1, init_from=str(save_model(tmp_path / "ddl.iqtm", ddl)),
+                  **quick)
+    with pytest.raises(InputError, match="generator"):
+        api.train("ddl", [image], masks=[mask], steps=1, init_from=str(path), generator=True, **quick)
+    with pytest.raises(InputError, match="no option"):
+        api.train("dl", [image], masks=[mask], steps=1, init_from=str(path), **quick)
 
 # -- the shipped models ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["dl", "ddl"])

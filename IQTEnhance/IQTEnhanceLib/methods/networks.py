@@ -80,6 +80,8 @@ _DDL_TRAIN = (
     MethodOption("dictionary_lr", float, 0.0, "learning rate of the atoms (0: lr)", minimum=0.0),
     MethodOption("atom_init", str, "random", "initial atoms: random, or the k-means centroids of the training "
                  "residuals", ("random", "kmeans")),
+    MethodOption("init_from", str, "", "an IQT-DL model file (same factor, base filters and levels) to start "
+                 "from: the UNet++ starts as its U-Net and the softmax over the atoms as its head"),
 )
 
 # built networks, reused across calls (loading weights into a fresh network costs ~50 ms, but the

@@ -140,6 +140,27 @@ class UNetPlusPlusBody(nn.Module):
                 grid[(i, j)] = self.nodes[f"x{i}_{j}"](torch.cat(inputs, dim=1))
         return grid[(0, self.levels - 1)]
 
+    @torch.no_grad()
+    def copy_unet(self, unet: UNetBody) -> None:
+        """Make this nested U-Net compute exactly ``unet``'s features.  X[i][0] take the U-Net's
+        encoders; the last node of each depth, X[i][L-1-i], lies on the plain U-Net's decoder path and
+        takes its decoder, with zero weights on the inputs from the nested nodes X[i][1..L-2-i].  Those
+        nodes keep their initialisation: unused at first, they learn once training moves the zeros."""
+        if len(unet.encoders) != self.levels or unet.out_channels != self.out_channels:
+            raise ValueError(f"a U-Net of {len(unet.encoders)} levels and {unet.out_channels} base filters does "
+                             f"not fit a UNet++ of {self.levels} levels and {self.out_channels}")
+        for i, encoder in enumerate(unet.encoders):
+            self.nodes[f"x{i}_0"].load_state_dict(encoder.state_dict())
+        for i, decoder in enumerate(unet.decoders):
+            j = self.levels - 1 - i
+            node, w = self.nodes[f"x{i}_{j}"], self.widths[i]
+            # the decoder sees [skip X[i][0], up(deeper)]; this node sees [X[i][0..j-1], up(X[i+1][j-1])]
+            node[0].weight.zero_()
+            node[0].weight[:, :w] = decoder[0].weight[:, :w]
+            node[0].weight[:, j * w:] = decoder[0].weight[:, w:]
+            node[0].bias.copy_(decoder[0].bias)
+            node[2].load_state_dict(decoder[2].state_dict())
+
 
 class UNet3D(_PadInPlane):
     """IQT-DL: anisotropic 3-D U-Net; HQ output = linear up-sampling + predicted residual."""
@@ -273,6 +294,50 @@ class DeepDictionaryNet(_PadInPlane):
                 self.fuse.bias.zero_()
         else:
             self.fuse = None
+
+    @torch.no_grad()
+    def start_from_unet(self, unet: UNet3D, atoms: torch.Tensor) -> None:
+        """Start as a trained IQT-DL: the body computes ``unet``'s features (:meth:`UNetPlusPlusBody.copy_unet`)
+        and the tail and the atoms reproduce its linear head through the softmax.
+
+        With centred atoms D (K × f) and logits z = D v, the softmax weights are (1 + z_k)/K to first
+        order, so the synthesis gives Σ_k (1 + z_k)/K · d_k = C v with C = DᵀD/K.  The tail therefore
+        gets logits D C⁻¹ (W h + b) for the U-Net's head W, b (times 2 with the compensation branch: the
+        fusion starts at half the main synthesis; the shifted map starts uniform, i.e. at the mean atom
+        0).  Its first layer passes the features through the LeakyReLU as [h, -h] (it needs a tail at
+        least twice as wide as the features): lrelu(h) - lrelu(-h) = (1 + slope) h.  The error of the
+        first-order expansion is about |z|/2 of the residual: large atoms keep z small (see
+        :func:`..training.linear_regime_scale`).  Any gain channel starts at 0, i.e. gain 1."""
+        c, k, f = self.body.out_channels, self.atoms, self.factor
+        if self.generator is not None:
+            raise ValueError("a DDL started from a U-Net needs free atoms, not the dictionary generator")
+        if unet.factor != f:
+            raise ValueError(f"the U-Net up-samples ×{unet.factor}, this network ×{f}")
+        if self.tail_width < 2 * c:
+            raise ValueError(f"a DDL started from a U-Net needs a tail at least {2 * c} wide (has {self.tail_width})")
+        self.body.copy_unet(unet.body)
+        d = atoms.reshape(k, f).to(torch.float64)
+        d = d - d.mean(dim=0, keepdim=True)
+        gram = d.t() @ d / k
+        boost = 2.0 if self.fuse is not None else 1.0
+        head_w = unet.head.weight.reshape(f, c).to(torch.float64)
+        head_b = unet.head.bias.to(torch.float64)
+        mixing = boost * d @ torch.linalg.solve(gram, head_w) / self.logit_scale        # K × c
+        offset = boost * d @ torch.linalg.solve(gram, head_b) / self.logit_scale        # K
+        first, last = self.tail[0], self.tail[2]
+        first.weight.zero_()
+        first.bias.zero_()
+        eye = torch.eye(c, dtype=first.weight.dtype)
+        first.weight[:c, :, 0, 0, 0] = eye
+        first.weight[c: 2 * c, :, 0, 0, 0] = -eye
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[:k, :c, 0, 0, 0] = (mixing / (1.0 + NEGATIVE_SLOPE)).to(last.weight.dtype)
+        last.weight[:k, c: 2 * c, 0, 0, 0] = (-mixing / (1.0 + NEGATIVE_SLOPE)).to(last.weight.dtype)
+        last.bias[:k] = offset.to(last.bias.dtype)
+        n = self.atom_size
+        self.dictionary.zero_()
+        self.dictionary[:, :, n // 2, n // 2] = d.to(self.dictionary.dtype)
 
     def atoms_tensor(self) -> torch.Tensor:
         """The HQ atoms [K, f, n, n]: the free parameter ``dictionary`` (centred when initialised), or

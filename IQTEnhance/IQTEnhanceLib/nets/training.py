@@ -59,6 +59,7 @@ class TrainSettings:
     gain: str = "none"             # DDL: per-voxel gain on the softmax weights ("none", "signed", "positive")
     dictionary_lr: float = 0.0     # DDL: learning rate of the atoms (0: lr)
     atom_init: str = "random"      # DDL: "random" or "kmeans" (centroids of the training residuals)
+    init_from: str = ""            # DDL: an IQT-DL model file to start from (see DeepDictionaryNet.start_from_unet)
 
     def resolved(self, device: str) -> "TrainSettings":
         cuda = device == "cuda"
@@ -99,11 +100,9 @@ def _set_rng_state(rng: np.random.Generator, text: str) -> None:
     rng.bit_generator.state = json.loads(text)
 
 
-def kmeans_atoms(pool: list, factor: int, atoms: int, rng: np.random.Generator, samples: int = 20_000,
-                 iterations: int = 25) -> np.ndarray:
-    """IQT-DDL atoms initialised at the k-means centroids of the training residuals (HQ block minus
-    the linear up-sampling, per LQ voxel, at contrast 1 without noise), centred over the atoms: the
-    softmax starts among atoms that already span the residuals instead of a random cloud of std 0.1."""
+def residual_blocks(pool: list, factor: int, rng: np.random.Generator, samples: int = 20_000) -> np.ndarray:
+    """About ``samples`` training residuals (HQ block minus the linear up-sampling, per LQ voxel, at
+    contrast 1 without noise, in normalised intensities), as rows of ``factor`` values (float64)."""
     from ..interpolation import upsample_array
 
     vectors = []
@@ -118,7 +117,31 @@ def kmeans_atoms(pool: list, factor: int, atoms: int, rng: np.random.Generator, 
         busy = np.flatnonzero(np.abs(blocks).max(axis=1) > 0)
         if busy.size:
             vectors.append(blocks[rng.choice(busy, size=min(per, busy.size), replace=False)])
-    data = np.concatenate(vectors).astype(np.float64)
+    return np.concatenate(vectors).astype(np.float64)
+
+
+# the largest logit a DDL started from a U-Net may need, as a quantile of the training residuals: the
+# first-order softmax errs by about |z|/2 of the residual (see DeepDictionaryNet.start_from_unet)
+LINEAR_REGIME_LOGIT = 0.05
+LINEAR_REGIME_QUANTILE = 0.999
+
+
+def linear_regime_scale(atoms: np.ndarray, residuals: np.ndarray, boost: float = 1.0) -> float:
+    """The factor on centred ``atoms`` (K × f) that keeps the logits reproducing the training
+    ``residuals`` (N × f) below :data:`LINEAR_REGIME_LOGIT` for all but 0.1% of them."""
+    d = atoms.reshape(len(atoms), -1).astype(np.float64)
+    d = d - d.mean(axis=0, keepdims=True)
+    gram = d.T @ d / len(d)
+    logits = boost * residuals @ np.linalg.solve(gram, d.T)        # N × K
+    return float(max(1.0, np.quantile(np.abs(logits), LINEAR_REGIME_QUANTILE) / LINEAR_REGIME_LOGIT))
+
+
+def kmeans_atoms(pool: list, factor: int, atoms: int, rng: np.random.Generator, samples: int = 20_000,
+                 iterations: int = 25) -> np.ndarray:
+    """IQT-DDL atoms initialised at the k-means centroids of the training residuals (HQ block minus
+    the linear up-sampling, per LQ voxel, at contrast 1 without noise), centred over the atoms: the
+    softmax starts among atoms that already span the residuals instead of a random cloud of std 0.1."""
+    data = residual_blocks(pool, factor, rng, samples)
     centres = data[rng.choice(len(data), size=atoms, replace=len(data) < atoms)].copy()
     for _ in range(iterations):
         d = (data ** 2).sum(1)[:, None] - 2.0 * data @ centres.T + (centres ** 2).sum(1)[None]
@@ -162,10 +185,11 @@ class Trainer:
         self.torch = torch
         self.method, self.pairs, self.reporter, self.device = method, pairs, reporter, device
         s = self.settings = settings.resolved(device)
-        if method != "ddl" and (s.generator or s.compensation or s.atom_init != "random" or s.gain != "none"):
-            raise InputError("generator, compensation, gain and atom_init are IQT-DDL options")
-        if s.generator and s.atom_init == "kmeans":
-            raise InputError("atom_init kmeans sets free atoms; the dictionary generator makes its own")
+        if method != "ddl" and (s.generator or s.compensation or s.atom_init != "random" or s.gain != "none"
+                                or s.init_from):
+            raise InputError("generator, compensation, gain, atom_init and init_from are IQT-DDL options")
+        if s.generator and (s.atom_init == "kmeans" or s.init_from):
+            raise InputError("atom_init kmeans and init_from set free atoms; the dictionary generator makes its own")
         self.factor = pairs.factor
         self.patch = (int(s.patch_thick), int(s.patch_inplane), int(s.patch_inplane))
         self.seed = int(pairs.seed)
@@ -175,9 +199,13 @@ class Trainer:
         self.threads_used = torch.get_num_threads()
         torch.manual_seed(self.seed)
         self.rng = np.random.default_rng(self.seed)
+        self.start_model = self._start_model() if s.init_from else None
+        self.start_scale = 0.0
+        # a DDL started from a U-Net passes the features through its tail as [h, -h]: twice as wide
+        tail_width = 2 * s.base_filters if s.init_from else 0
         self.arch = architecture_params(method, self.factor, s.base_filters, s.levels, s.atoms, s.atom_size,
-                                        0, s.generator, s.compensation, s.logit_scale, s.gain)
-        net = build_network(method, self.factor, s.base_filters, s.levels, s.atoms, s.atom_size, 0,
+                                        tail_width, s.generator, s.compensation, s.logit_scale, s.gain)
+        net = build_network(method, self.factor, s.base_filters, s.levels, s.atoms, s.atom_size, tail_width,
                             s.generator, s.compensation, s.logit_scale, s.gain)
         self.net = use_channels_last(net.to(device), device)
         dictionary = list(self.net.dictionary_parameters()) if method == "ddl" else []
@@ -194,6 +222,21 @@ class Trainer:
         self.stopped_converged = False
         self.val_x = self.val_y = self.baseline = None
         self.pool_builder, self.pool = None, []
+
+    def _start_model(self):
+        """The IQT-DL model file named by ``init_from``, checked against this training's network."""
+        from ..models import load_model
+
+        s = self.settings
+        model = load_model(s.init_from)
+        p = model.params
+        if model.method != "dl":
+            raise InputError(f"init_from: {model.name} is a {model.method} model; a DDL starts from an IQT-DL model")
+        mine = {"factor": self.factor, "base_filters": s.base_filters, "levels": s.levels}
+        theirs = {k: int(p.get(k, -1)) for k in mine}
+        if theirs != mine:
+            raise InputError(f"init_from: {model.name} has {theirs}, this training needs {mine}")
+        return model
 
     # -- state ------------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -261,6 +304,20 @@ class Trainer:
                 shape = self.net.dictionary.shape
                 self.net.dictionary.copy_(self.torch.from_numpy(centres).reshape(s.atoms, self.factor, 1, 1)
                                           .expand(shape).contiguous() / (shape[2] * shape[3]))
+        if self.start_model is not None and self.step_count == 0:
+            self._start_from_unet(setup)
+
+    def _start_from_unet(self, reporter) -> None:
+        from .serialization import network_from_model
+
+        reporter(1.0, f"starting from {self.start_model.name}", force=True)
+        n = self.settings.atom_size
+        atoms = self.net.dictionary.detach().cpu().numpy()[:, :, n // 2, n // 2] * n * n
+        residuals = residual_blocks(self.pool, self.factor, np.random.default_rng([self.seed, 19]))
+        boost = 2.0 if self.net.fuse is not None else 1.0
+        self.start_scale = linear_regime_scale(atoms, residuals, boost)
+        unet = network_from_model(self.start_model, "cpu")
+        self.net.start_from_unet(unet.cpu(), self.torch.from_numpy(atoms * self.start_scale).to(self.device))
 
     # -- steps ------------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -373,7 +430,10 @@ class Trainer:
             "device": self.device, "torch_version": self.torch.__version__, "threads": self.threads_used,
             "steps": self.step_count, "patches_seen": self.patches_seen, "wall_seconds": round(self.elapsed, 1),
             "patches_per_second": round(self.patches_seen / max(self.elapsed, 1e-9), 2),
-            "parameters": count_parameters(self.net), "settings": dataclasses.asdict(self.settings),
+            "parameters": count_parameters(self.net),
+            # the start model by file name: a model file does not carry the trainer's folders
+            "settings": dict(dataclasses.asdict(self.settings), init_from=Path(self.settings.init_from).name
+                             if self.settings.init_from else ""),
             "loss_history": self.history, "validation_history": self.val_history,
             "validation_interpolation_loss": self.baseline,
             "selected_step": self.best_step if self.best_state is not None else self.step_count,
@@ -383,6 +443,9 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "converged": converged(self.val_history) if self.val_history else None,
             "stopped_at_convergence": self.stopped_converged,
+            "started_from": None if self.start_model is None else {
+                "model": self.start_model.name, "checksum": self.start_model.checksum,
+                "atom_scale": round(self.start_scale, 3)},
         }
 
 
