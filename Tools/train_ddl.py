@@ -17,6 +17,9 @@ import shipping
 from IQTEnhanceLib.models import shipped_models_dir
 
 NAME = "ddl_t1_x4"
+# Adam's rate when starting from a trained IQT-DL (300-step probes from the shipped DL, validation
+# 0.266x the interpolation's loss at the start: 1e-4 → 0.257x, the library's 5e-4 → 0.292x)
+FINE_TUNE_LR = 1e-4
 
 
 def card(model, path):
@@ -34,7 +37,7 @@ def card(model, path):
 
 
 def main(argv=None) -> int:
-    p = networks.parser(__doc__.splitlines()[0], minutes=105.0)
+    p = networks.parser(__doc__.splitlines()[0], minutes=60.0)
     p.add_argument("--atoms", type=int, default=64, choices=(64, 128))
     p.add_argument("--generator", action="store_true", help="SRDD's dictionary generator instead of free atoms")
     p.add_argument("--no-compensation", action="store_true")
@@ -43,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--init-from", default=str(shipped_models_dir() / "dl_t1_x4.iqtm"),
                    help="IQT-DL model file to start from (default: the shipped one; '' for a fresh start)")
     args = p.parse_args(argv)
+    if args.init_from and args.lr is None:
+        args.lr = FINE_TUNE_LR
 
     def train(a):
         return networks.train(a, "ddl", NAME, atoms=a.atoms, generator=a.generator,

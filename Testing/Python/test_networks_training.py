@@ -246,6 +246,15 @@ def test_cuda_training_runs_and_gives_a_cpu_loadable_model(icbm_t1, method):
     assert all(p.device.type == "cpu" for p in net.parameters())
 
 
+@requires_cuda
+def test_cuda_ddl_starts_from_a_dl_model(icbm_t1, tmp_path):
+    image, mask = icbm_t1
+    quick = dict(TINY, validation_fraction=0.0, device="cuda")
+    path = save_model(tmp_path / "dl.iqtm", api.train("dl", [image], masks=[mask], steps=2, **quick))
+    model = api.train("ddl", [image], masks=[mask], steps=1, compensation=True, init_from=str(path), **quick)
+    assert model.training["device"] == "cuda" and model.training["started_from"]["atom_scale"] > 1
+
+
 def test_kmeans_atoms_span_the_training_residuals(icbm_t1):
     """k-means atom initialisation: K centred atoms of f values that quantise the real residuals
     (HQ minus linear up-sampling) far better than the random initial atoms."""

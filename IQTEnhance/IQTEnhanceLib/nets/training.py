@@ -316,8 +316,8 @@ class Trainer:
         residuals = residual_blocks(self.pool, self.factor, np.random.default_rng([self.seed, 19]))
         boost = 2.0 if self.net.fuse is not None else 1.0
         self.start_scale = linear_regime_scale(atoms, residuals, boost)
-        unet = network_from_model(self.start_model, "cpu")
-        self.net.start_from_unet(unet.cpu(), self.torch.from_numpy(atoms * self.start_scale).to(self.device))
+        unet = network_from_model(self.start_model, self.device)
+        self.net.start_from_unet(unet, self.torch.from_numpy(atoms * self.start_scale).to(self.device))
 
     # -- steps ------------------------------------------------------------------------------------
     def progress(self) -> float:
