@@ -58,8 +58,8 @@ def training_lines(model) -> list:
         "fresh Rician noise for every patch, flips, transposition, intensity scaling ±"
         f"{s.get('intensity_jitter')}; patches anywhere in the {s.get('patch_region', 'brain')}.",
         f"- Patches {s.get('patch_thick')}×{s.get('patch_inplane')}×{s.get('patch_inplane')} LQ voxels, batch "
-        f"{s.get('batch')}, {s.get('loss', 'mse').upper()} loss, Adam lr {s.get('lr')} with cosine decay"
-        + (f", dictionary lr {s.get('dictionary_lr')}" if s.get("dictionary_lr") else "") + ".",
+        f"{s.get('batch')}, {s.get('loss', 'mse').upper()} loss, Adam lr {s.get('lr'):g} with cosine decay"
+        + (f", dictionary lr {s.get('dictionary_lr'):g}" if s.get("dictionary_lr") else "") + ".",
         f"- {t.get('steps')} steps ({t.get('patches_seen')} patches seen) in {t.get('wall_seconds')} s on "
         f"{t.get('device')} with {t.get('threads')} torch thread(s), torch {t.get('torch_version')}, seed "
         f"{t.get('seed')}; stopped {'at convergence' if t.get('stopped_at_convergence') else 'at the budget'}; "

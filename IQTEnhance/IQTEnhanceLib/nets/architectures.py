@@ -31,7 +31,9 @@ either way.  Networks are therefore trained with a ±40% intensity jitter (``int
   learned HQ dictionary (:attr:`DeepDictionaryNet.dictionary`, shape K × f × n × n: the HQ block
   that one LQ voxel becomes, optionally with an n × n in-plane neighbourhood).  The weighted atoms
   are placed on the HQ grid (a transposed convolution with the atoms as kernels, stride (f, 1, 1))
-  and added to the compensation term, the linearly up-sampled input.
+  and added to the compensation term, the linearly up-sampled input.  Trained from scratch its softmax
+  learns slowly; started from a trained IQT-DL (:meth:`DeepDictionaryNet.start_from_unet`) it begins at
+  that network's quality.
 """
 from __future__ import annotations
 
