@@ -645,6 +645,21 @@ def test_a_study_resumes_and_extends_without_rerunning_what_it_has(tmp_path, mon
         runner.previous_results(config)
 
 
+def test_resuming_without_the_earlier_figure_slices_says_the_figures_lose_those_rows(tmp_path, capsys):
+    from IQTEnhanceApps import cli
+    from IQTEnhanceApps.study import runner
+
+    out = tmp_path / "resume"
+    base = ["benchmark", "quality", "--fixtures", "--out", str(out), "--cases", "in_distribution"]
+    assert cli.main(base + ["-q", "--methods", "nearest"]) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["--methods", "nearest", "trilinear", "--resume"]) == 0
+    assert "is missing" not in capsys.readouterr().out          # the slices are there: nothing to say
+    (out / runner.FIGURE_SLICES).unlink()
+    assert cli.main(base + ["--methods", "nearest", "trilinear", "bspline", "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert f"{runner.FIGURE_SLICES} is missing" in said and "only the rows run now" in said
+
 def test_full_is_the_whole_study_and_the_report_names_the_command_that_reproduces_it(monkeypatch, tmp_path):
     """``--full``: every case (the thicker-slice one too) and the λ sweep, one noise seed; the
     recorded command names every choice that changes what is measured, never --out or --resume."""

@@ -385,6 +385,11 @@ class StudyRun:
         self.case_info = {c["name"]: {k: v for k, v in c.items() if k != "name"}
                           for c in previous.get("cases", []) if c["name"] in cases}
         slices = Path(self.config.out_dir) / FIGURE_SLICES
+        if self.config.figures and self.kept and not slices.exists():
+            # the slices are not committed with a report (.gitignore): resuming in a fresh checkout
+            # redraws the figures from the new rows alone
+            self.log(f"note: {slices} is missing, so the figures will show only the rows run now; copy the "
+                     "earlier run's figure_slices.npz there first to keep its rows in the figures")
         if slices.exists() and self.config.seeds[0] == previous["seeds"][0]:
             self.figure_data = {case: fd for case, fd in load_figure_slices(slices).items() if case in cases}
             kept_cells = {(k[0], k[2]) for k in self.kept}
