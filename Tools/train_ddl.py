@@ -9,8 +9,9 @@ DeepDictionaryNet), MSE, started from the shipped IQT-DL (``--init-from``: its U
 UNet++, its head as the softmax over the k-means atoms of the training residuals scaled into the
 softmax's linear regime) and fine-tuned at Adam 1e-4 (atoms 3e-4) until converged.  Trained from
 scratch instead (``--init-from ''``, Adam 5e-4, atoms 1.5e-3), the same recipe flattened at 0.56× the
-interpolation's validation loss after 7,000 steps (Colin27 0.0646); started from the DL it begins at
-0.266× and stopped at 2,500 steps at 0.251× (Colin27 0.0526, the DL 0.0534).
+interpolation's validation loss after 7,000 steps (Colin27 0.0646).  Started from the DL of seed 0 it
+began at that DL's 0.266× and stopped at 2,500 steps at 0.251× (Colin27 0.0526, the DL 0.0534); from
+the shipped DL (seed 2: 0.233×, 0.0499), 3,000 steps to 0.223× (Colin27 0.0499).
 """
 import sys
 

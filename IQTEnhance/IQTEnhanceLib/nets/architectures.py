@@ -248,9 +248,9 @@ class DeepDictionaryNet(_PadInPlane):
     trained from scratch, the softmax synthesis learns slowly (the shipped recipe's validation loss
     flattened at 0.56× the interpolation's after 7,000 steps, where IQT-DL reached 0.27×; Colin27
     0.0646 against 0.0534), whatever the generator, compensation, K, atom initialisation, temperature,
-    tail width or gain.  Started from the shipped DL it begins at that DL's validation loss (0.266×)
+    tail width or gain.  Started from a trained DL it begins at that DL's validation loss (0.266×)
     and Colin27 score, and fine-tuning at Adam 1e-4 improves on it (0.251× at step 1,500, stopped at
-    convergence at 2,500; Colin27 0.0526).  The atoms are then large and the softmax near uniform (largest weight ≈ 0.017 where
+    convergence at 2,500; Colin27 0.0526 against the DL's 0.0534).  The atoms are then large and the softmax near uniform (largest weight ≈ 0.017 where
     uniform is 1/64): the synthesis is the U-Net's head written over a dictionary, with dense codes.
     """
 
