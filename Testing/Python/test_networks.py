@@ -424,3 +424,27 @@ def test_ddl_start_from_unet_refuses_what_cannot_fit():
         DeepDictionaryNet(4, 4, 2, 64, tail_width=8, generator=True).start_from_unet(unet, atoms)
     with pytest.raises(ValueError, match="×4"):
         DeepDictionaryNet(2, 4, 2, 64, tail_width=8).start_from_unet(unet, torch.randn(64, 2))
+
+
+@pytest.mark.parametrize("variant", [{}, {"compensation": True}, {"compensation": True, "gain": "positive"},
+                                     {"gain": "signed", "generator": True}], ids=_variant_id)
+def test_ddl_fast_synthesis_equals_the_coefficient_path(rng, variant):
+    """1×1 atoms take a channels-last path (softmax and atom product over the innermost axis); it must
+    give the sums of coefficients() + synthesize() exactly (up to float rounding)."""
+    torch.manual_seed(3)
+    net = build_network("ddl", 4, 4, 2, 64, 1, **variant)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.2)
+    net.eval()
+    x = torch.from_numpy(rng.random((2, 1, 3, 10, 6), dtype=np.float32))
+    with torch.no_grad():
+        fast = net.residual(x)
+        main, shifted = net._syntheses_by_convolution(x)
+        if net.fuse is None:
+            slow = main
+        else:
+            shifted = torch.nn.functional.pad(shifted, (0, 0, 0, 0, 2, 0))[:, :, : main.shape[2]]
+            slow = net.fuse(torch.cat([main, shifted], dim=1))
+    assert float(slow.abs().max()) > 1e-3
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)

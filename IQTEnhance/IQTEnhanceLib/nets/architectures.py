@@ -370,15 +370,19 @@ class DeepDictionaryNet(_PadInPlane):
         """Softmax coefficients [batch, K, M, A, B] (SRDD: more stable than ReLU codes), times the
         per-voxel gain where the network has one; with the compensation branch, [batch, 2K, ...]:
         main then compensation coefficients."""
-        out = self.logits(x)
-        logits, gains = out[:, : self.heads * self.atoms], out[:, self.heads * self.atoms:]
-        parts = [torch.softmax(part, dim=1) for part in logits.split(self.atoms, dim=1)]
+        # the standard layout, and one softmax over [batch, heads, K, ...]: on 2 CPU cores the softmax of
+        # the channels-last logits per head and their concatenation took 2/3 of a DDL forward pass
+        # (12×96×96 tiles, batch 2: coefficients 1.2 s, the whole body 0.44 s)
+        out = self.logits(x).contiguous()
+        b, _, m, a, c = out.shape
+        k = self.heads * self.atoms
+        coefficients = torch.softmax(out[:, :k].reshape(b, self.heads, self.atoms, m, a, c), dim=2)
         if self.gain != "none":
             # the tail's raw output t (0 at the start) → gain 1 at the start, whatever the kind
-            t = gains / self.logit_scale
+            t = out[:, k:] / self.logit_scale
             g = 1.0 + t if self.gain == "signed" else F.softplus(t + SOFTPLUS_ONE)
-            parts = [part * g[:, h: h + 1] for h, part in enumerate(parts)]
-        return torch.cat(parts, dim=1)
+            coefficients = coefficients * g.unsqueeze(2)
+        return coefficients.reshape(b, k, m, a, c)
 
     def synthesize(self, coefficients, dictionary=None):
         """Σ_k c_k(voxel) · atom_k placed on the HQ grid: [batch, 1, M*f, A, B]."""
@@ -393,18 +397,45 @@ class DeepDictionaryNet(_PadInPlane):
         kernel = atoms.unsqueeze(1)  # (K, 1, f, n, n): in_channels=K, out_channels=1
         return F.conv_transpose3d(coefficients, kernel, stride=(self.factor, 1, 1), padding=(0, n // 2, n // 2))
 
+    def _syntheses_per_voxel(self, x):
+        """For 1×1 atoms, [main, shifted] syntheses [batch, heads, M*f, A, B] computed with the atoms along
+        the last axis: the logits are channels-last in memory on the CPU, and a softmax and a product
+        over the innermost axis are fast.  The same sums as :meth:`coefficients` + :meth:`synthesize`,
+        which took 2/3 of a DDL forward pass on 2 CPU cores (12×96×96 tiles, batch 2: 1.1 s of 1.2 s)."""
+        z = self.logits(x).permute(0, 2, 3, 4, 1)                       # [b, M, A, B, channels]
+        b, m, a, c, _ = z.shape
+        k = self.heads * self.atoms
+        weights = torch.softmax(z[..., :k].reshape(b, m, a, c, self.heads, self.atoms), dim=-1)
+        if self.gain != "none":
+            t = z[..., k:] / self.logit_scale
+            g = 1.0 + t if self.gain == "signed" else F.softplus(t + SOFTPLUS_ONE)
+            weights = weights * g.unsqueeze(-1)
+        y = weights @ self.atoms_tensor()[:, :, 0, 0]                    # [b, M, A, B, heads, f]
+        return y.permute(0, 4, 1, 5, 2, 3).reshape(b, self.heads, m * self.factor, a, c)
+
     def residual(self, x):
-        coefficients = self.coefficients(x)
-        atoms = self.atoms_tensor()
-        main = self.synthesize(coefficients[:, : self.atoms], atoms)
-        if self.fuse is None:
-            return main
+        if self.atom_size == 1:
+            both = self._syntheses_per_voxel(x)
+            main = both[:, :1]
+            if self.fuse is None:
+                return main
+            shifted = both[:, 1:]
+        else:
+            main, shifted = self._syntheses_by_convolution(x)
+            if self.fuse is None:
+                return main
         # the compensation atoms cover HQ slices [m·f + f/2, (m+1)·f + f/2): the boundary between
         # LQ slices m and m+1 falls inside an atom
         shift = self.factor // 2
-        shifted = self.synthesize(coefficients[:, self.atoms:], atoms)
         shifted = F.pad(shifted, (0, 0, 0, 0, shift, 0))[:, :, : main.shape[2]]
         return self.fuse(torch.cat([main, shifted], dim=1))
+
+    def _syntheses_by_convolution(self, x):
+        coefficients = self.coefficients(x)
+        atoms = self.atoms_tensor()
+        main = self.synthesize(coefficients[:, : self.atoms], atoms)
+        shifted = self.synthesize(coefficients[:, self.atoms:], atoms) if self.fuse is not None else None
+        return main, shifted
 
     def forward(self, x):
         return upsample_linear(x, self.factor) + self.residual(x)
