@@ -250,9 +250,12 @@ class DeepDictionaryNet(_PadInPlane):
     0.0646 against 0.0534), whatever the generator, compensation, K, atom initialisation, temperature,
     tail width or gain.  Started from a trained DL it begins at that DL's validation loss (0.266×)
     and Colin27 score, and fine-tuning at Adam 1e-4 improves on it (0.251× at step 1,500, stopped at
-    convergence at 2,500; Colin27 0.0526 against the DL's 0.0534).  The atoms are then large and the softmax near uniform (largest weight ≈ 0.017 where
-    uniform is 1/64): the synthesis is the U-Net's head written over a dictionary, with dense codes.
+    convergence at 2,500; Colin27 0.0526 against the DL's 0.0534).  The atoms are then large and the
+    softmax near uniform (largest weight ≈ 0.017 where uniform is 1/64): the synthesis is the U-Net's
+    head written over a dictionary, with dense codes.
     """
+
+    FUSE_START = 0.5   # the fusion's initial weight on each synthesis (main, shifted)
 
     def __init__(self, factor: int = 4, base: int = 16, levels: int = 3, atoms: int = 64, atom_size: int = 1,
                  tail_width: int = 0, generator: bool = False, compensation: bool = False,
@@ -301,7 +304,7 @@ class DeepDictionaryNet(_PadInPlane):
             self.fuse = nn.Conv3d(2, 1, (3, 1, 1), padding=(1, 0, 0))
             with torch.no_grad():
                 self.fuse.weight.zero_()
-                self.fuse.weight[0, :, 1] = 0.5
+                self.fuse.weight[0, :, 1] = self.FUSE_START
                 self.fuse.bias.zero_()
         else:
             self.fuse = None
@@ -330,7 +333,7 @@ class DeepDictionaryNet(_PadInPlane):
         d = atoms.reshape(k, f).to(torch.float64)
         d = d - d.mean(dim=0, keepdim=True)
         gram = d.t() @ d / k
-        boost = 2.0 if self.fuse is not None else 1.0
+        boost = self.main_boost
         head_w = unet.head.weight.reshape(f, c).to(torch.float64)
         head_b = unet.head.bias.to(torch.float64)
         mixing = boost * d @ torch.linalg.solve(gram, head_w) / self.logit_scale        # K × c
@@ -349,6 +352,12 @@ class DeepDictionaryNet(_PadInPlane):
         n = self.atom_size
         self.dictionary.zero_()
         self.dictionary[:, :, n // 2, n // 2] = d.to(self.dictionary.dtype)
+
+    @property
+    def main_boost(self) -> float:
+        """What the main synthesis is multiplied by to give the residual at the start: 1, or the inverse
+        of the fusion's initial weight with the compensation branch."""
+        return 1.0 if self.fuse is None else 1.0 / self.FUSE_START
 
     def atoms_tensor(self) -> torch.Tensor:
         """The HQ atoms [K, f, n, n]: the free parameter ``dictionary`` (centred when initialised), or
@@ -370,19 +379,19 @@ class DeepDictionaryNet(_PadInPlane):
         """Softmax coefficients [batch, K, M, A, B] (SRDD: more stable than ReLU codes), times the
         per-voxel gain where the network has one; with the compensation branch, [batch, 2K, ...]:
         main then compensation coefficients."""
-        # the standard layout, and one softmax over [batch, heads, K, ...]: on 2 CPU cores the softmax of
-        # the channels-last logits per head and their concatenation took 2/3 of a DDL forward pass
-        # (12×96×96 tiles, batch 2: coefficients 1.2 s, the whole body 0.44 s)
         out = self.logits(x).contiguous()
         b, _, m, a, c = out.shape
         k = self.heads * self.atoms
         coefficients = torch.softmax(out[:, :k].reshape(b, self.heads, self.atoms, m, a, c), dim=2)
         if self.gain != "none":
-            # the tail's raw output t (0 at the start) → gain 1 at the start, whatever the kind
-            t = out[:, k:] / self.logit_scale
-            g = 1.0 + t if self.gain == "signed" else F.softplus(t + SOFTPLUS_ONE)
-            coefficients = coefficients * g.unsqueeze(2)
+            coefficients = coefficients * self._gains(out[:, k:]).unsqueeze(2)
         return coefficients.reshape(b, k, m, a, c)
+
+    def _gains(self, raw):
+        """The per-voxel gains from the tail's gain channels: the raw output t (0 at the start) gives
+        gain 1 at the start, whatever the kind."""
+        t = raw / self.logit_scale
+        return 1.0 + t if self.gain == "signed" else F.softplus(t + SOFTPLUS_ONE)
 
     def synthesize(self, coefficients, dictionary=None):
         """Σ_k c_k(voxel) · atom_k placed on the HQ grid: [batch, 1, M*f, A, B]."""
@@ -398,44 +407,39 @@ class DeepDictionaryNet(_PadInPlane):
         return F.conv_transpose3d(coefficients, kernel, stride=(self.factor, 1, 1), padding=(0, n // 2, n // 2))
 
     def _syntheses_per_voxel(self, x):
-        """For 1×1 atoms, [main, shifted] syntheses [batch, heads, M*f, A, B] computed with the atoms along
-        the last axis: the logits are channels-last in memory on the CPU, and a softmax and a product
-        over the innermost axis are fast.  The same sums as :meth:`coefficients` + :meth:`synthesize`,
-        which took 2/3 of a DDL forward pass on 2 CPU cores (12×96×96 tiles, batch 2: 1.1 s of 1.2 s)."""
+        """For 1×1 atoms, the (main, shifted or None) syntheses [batch, 1, M*f, A, B] computed with the
+        atoms along the last axis: the logits are channels-last in memory on the CPU, and a softmax and a
+        product over the innermost axis are fast.  The same sums as :meth:`_syntheses_by_convolution`
+        (:meth:`coefficients` + :meth:`synthesize`), which took 2/3 of a DDL forward pass on 2 CPU cores
+        (12×96×96 tiles, batch 2: 1.1 s of 1.2 s; whole brain 19.4 s against 11.6 s now)."""
         z = self.logits(x).permute(0, 2, 3, 4, 1)                       # [b, M, A, B, channels]
         b, m, a, c, _ = z.shape
         k = self.heads * self.atoms
         weights = torch.softmax(z[..., :k].reshape(b, m, a, c, self.heads, self.atoms), dim=-1)
         if self.gain != "none":
-            t = z[..., k:] / self.logit_scale
-            g = 1.0 + t if self.gain == "signed" else F.softplus(t + SOFTPLUS_ONE)
-            weights = weights * g.unsqueeze(-1)
+            weights = weights * self._gains(z[..., k:]).unsqueeze(-1)
         y = weights @ self.atoms_tensor()[:, :, 0, 0]                    # [b, M, A, B, heads, f]
-        return y.permute(0, 4, 1, 5, 2, 3).reshape(b, self.heads, m * self.factor, a, c)
-
-    def residual(self, x):
-        if self.atom_size == 1:
-            both = self._syntheses_per_voxel(x)
-            main = both[:, :1]
-            if self.fuse is None:
-                return main
-            shifted = both[:, 1:]
-        else:
-            main, shifted = self._syntheses_by_convolution(x)
-            if self.fuse is None:
-                return main
-        # the compensation atoms cover HQ slices [m·f + f/2, (m+1)·f + f/2): the boundary between
-        # LQ slices m and m+1 falls inside an atom
-        shift = self.factor // 2
-        shifted = F.pad(shifted, (0, 0, 0, 0, shift, 0))[:, :, : main.shape[2]]
-        return self.fuse(torch.cat([main, shifted], dim=1))
+        both = y.permute(0, 4, 1, 5, 2, 3).reshape(b, self.heads, m * self.factor, a, c)
+        return both[:, :1], (both[:, 1:] if self.fuse is not None else None)
 
     def _syntheses_by_convolution(self, x):
+        """The (main, shifted or None) syntheses from the coefficient maps, for atoms of any size."""
         coefficients = self.coefficients(x)
         atoms = self.atoms_tensor()
         main = self.synthesize(coefficients[:, : self.atoms], atoms)
         shifted = self.synthesize(coefficients[:, self.atoms:], atoms) if self.fuse is not None else None
         return main, shifted
+
+    def residual(self, x):
+        syntheses = self._syntheses_per_voxel if self.atom_size == 1 else self._syntheses_by_convolution
+        main, shifted = syntheses(x)
+        if self.fuse is None:
+            return main
+        # the compensation atoms cover HQ slices [m·f + f/2, (m+1)·f + f/2): the boundary between
+        # LQ slices m and m+1 falls inside an atom
+        shift = self.factor // 2
+        shifted = F.pad(shifted, (0, 0, 0, 0, shift, 0))[:, :, : main.shape[2]]
+        return self.fuse(torch.cat([main, shifted], dim=1))
 
     def forward(self, x):
         return upsample_linear(x, self.factor) + self.residual(x)

@@ -314,8 +314,7 @@ class Trainer:
         n = self.settings.atom_size
         atoms = self.net.dictionary.detach().cpu().numpy()[:, :, n // 2, n // 2] * n * n
         residuals = residual_blocks(self.pool, self.factor, np.random.default_rng([self.seed, 19]))
-        boost = 2.0 if self.net.fuse is not None else 1.0
-        self.start_scale = linear_regime_scale(atoms, residuals, boost)
+        self.start_scale = linear_regime_scale(atoms, residuals, self.net.main_boost)
         unet = network_from_model(self.start_model, self.device)
         self.net.start_from_unet(unet, self.torch.from_numpy(atoms * self.start_scale).to(self.device))
 
