@@ -14,9 +14,13 @@ import shipping
 from IQTEnhanceLib.simulate import ParameterRanges
 
 
-def parser(description: str, minutes: float):
+def parser(description: str, minutes: float, steps: int = 0, converge: bool = True, weight_average: float = 0.0):
+    """The recipes' command line; the defaults are the recipe's (a fixed number of steps makes a recipe
+    independent of how busy the machine is; the wall-clock budget is then only an upper limit)."""
     p = shipping.parser(description)
-    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget (upper limit)")
+    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget (upper limit; 0: none)")
+    p.add_argument("--steps", type=int, default=steps, help="optimiser steps of the cosine schedule (0: the "
+                   "schedule follows the wall-clock budget)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 per training on 2 shared cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--contrast-range", type=float, nargs=2, default=[1.0, 1.0],
@@ -24,8 +28,11 @@ def parser(description: str, minutes: float):
     p.add_argument("--checkpoint-dir", default="")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the library's)")
-    p.add_argument("--no-converge", action="store_true", help="run the whole budget (default: stop once the "
-                   "validation loss improves < 1%% over the last 20%% of the steps)")
+    p.add_argument("--weight-average", type=float, default=weight_average,
+                   help="decay of the moving average of the weights that is validated and shipped (0: none)")
+    p.add_argument("--converge", dest="converge", action="store_true", default=converge,
+                   help="stop once the validation loss improves < 1%% over the last 20%% of the steps")
+    p.add_argument("--no-converge", dest="converge", action="store_false", help="run the whole schedule")
     return p
 
 
@@ -41,10 +48,11 @@ def train(args, method: str, name: str, **extra):
 
     torch.set_num_threads(args.threads)
     # 21 held-out cubes of the head × 3 axes × 8 contrast/noise draws = 504 validation patches
-    options = dict(minutes=args.minutes, threads=args.threads, lr=learning_rate(args, method),
+    options = dict(minutes=args.minutes, steps=args.steps, threads=args.threads, lr=learning_rate(args, method),
+                   weight_average=args.weight_average,
                    checkpoint_dir=args.checkpoint_dir,
                    resume=args.resume, device=args.device, validation_every=500, checkpoint_every=250,
-                   validation_fraction=0.15, validation_draws=8, until_converged=not args.no_converge, **extra)
+                   validation_fraction=0.15, validation_draws=8, until_converged=args.converge, **extra)
     return shipping.train(method, name, args.seed, simulation=ParameterRanges(contrast=tuple(args.contrast_range)),
                           **options)
 
@@ -62,10 +70,12 @@ def training_lines(model) -> list:
         + (f", dictionary lr {s.get('dictionary_lr'):g}" if s.get("dictionary_lr") else "") + ".",
         f"- {t.get('steps')} steps ({t.get('patches_seen')} patches seen) in {t.get('wall_seconds')} s on "
         f"{t.get('device')} with {t.get('threads')} torch thread(s), torch {t.get('torch_version')}, seed "
-        f"{t.get('seed')}; stopped {'at convergence' if t.get('stopped_at_convergence') else 'at the budget'}; "
+        f"{t.get('seed')}; stopped {'at convergence' if t.get('stopped_at_convergence') else 'at the end of its schedule'}; "
         "the machine's 2 cores were shared with other jobs, so the wall time is an upper bound.",
         f"- Validation: {t.get('validation_patches')} patches in held-out cubes of the head; the weights of the "
-        f"lowest validation loss (step {t.get('selected_step')}) are shipped.",
+        f"lowest validation loss (step {t.get('selected_step')}) are shipped"
+        + (f", as a moving average of the trained weights (decay {s.get('weight_average'):g})."
+           if s.get("weight_average") else "."),
     ] + ([f"- Started from `{t['started_from']['model']}` (sha256 {t['started_from']['checksum'][:12]}…): its U-Net "
           "inside the UNet++, its head as the softmax over the atoms (scaled "
           f"×{t['started_from']['atom_scale']:.0f} to keep the softmax near its linear regime)."]

@@ -123,6 +123,42 @@ def test_cancelled_training_leaves_a_checkpoint(icbm_t1, tmp_path):
     assert 1 <= load_checkpoint(tmp_path / "dl_last.pt", "dl", arch)["step"] < 50
 
 
+def test_weight_average_follows_the_trained_weights():
+    """One step of the moving average: mean ← keep·mean + (1 − keep)·weights, with the decay warming up
+    as (1 + n) / (10 + n) up to ``weight_average``."""
+    from types import SimpleNamespace
+
+    from IQTEnhanceLib.nets.training import Trainer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.torch, trainer.settings = torch, SimpleNamespace(weight_average=0.9)
+    trainer.net, trainer.averaged = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    for n, keep in ((0, 0.1), (8, 0.5), (1000, 0.9)):
+        trainer.step_count = n
+        before = [p.detach().clone() for p in trainer.averaged.parameters()]
+        trainer.update_average()
+        for mean, old, weight in zip(trainer.averaged.parameters(), before, trainer.net.parameters()):
+            torch.testing.assert_close(mean, keep * old + (1 - keep) * weight)
+
+
+def test_weight_average_is_shipped_checkpointed_and_resumed(icbm_t1, tmp_path):
+    """With ``weight_average`` the model holds the averaged weights, not the last ones; the checkpoint
+    keeps both, and a resumed run continues from the checkpoint's average."""
+    image, mask = icbm_t1
+    options = dict(TINY, validation_fraction=0.0, weight_average=0.5, checkpoint_dir=str(tmp_path), lr=1e-2)
+    model = api.train("dl", [image], masks=[mask], seed=3, steps=4, **options)
+    shipped = network_from_model(model).state_dict()
+    arch = architecture_params("dl", 4, TINY["base_filters"], TINY["levels"])
+    payload = load_checkpoint(tmp_path / "dl_last.pt", "dl", arch)
+    assert model.training["settings"]["weight_average"] == 0.5
+    assert all(torch.equal(shipped[k], payload["averaged"][k]) for k in shipped)
+    assert not all(torch.equal(shipped[k], payload["model"][k]) for k in shipped), "the last weights were shipped"
+    resumed = api.train("dl", [image], masks=[mask], seed=3, steps=4, resume=True, **options)
+    again = network_from_model(resumed).state_dict()
+    assert resumed.training["resumed_from"]["step"] == 4
+    assert all(torch.equal(shipped[k], again[k]) for k in shipped), "the resumed run lost the average"
+
+
 def test_training_settings_are_checked(icbm_t1):
     image, mask = icbm_t1
     with pytest.raises(InputError, match="budget"):
@@ -131,6 +167,8 @@ def test_training_settings_are_checked(icbm_t1):
         api.train("dl", [image], masks=[mask], steps=1, **dict(TINY, patch_inplane=128))
     with pytest.raises(InputError, match="no option"):
         api.train("dl", [image], masks=[mask], atoms=64, steps=1)
+    with pytest.raises(InputError, match="weight_average"):
+        api.train("dl", [image], masks=[mask], weight_average=1.0, **dict(TINY, steps=1))
 
 
 

@@ -59,6 +59,9 @@ _COMMON_TRAIN = (
     MethodOption("validation_draws", int, 4, "contrast/noise draws per held-out cube and axis", minimum=1),
     MethodOption("until_converged", bool, False, "stop early once the validation loss improves < 1% over the "
                  "last 20% of the steps (the budget stays the upper limit)"),
+    MethodOption("weight_average", float, 0.0, "decay of an exponential moving average of the weights, which "
+                 "is validated and shipped instead of the last weights (0: none; e.g. 0.999)", minimum=0.0,
+                 maximum=1.0, max_exclusive=True),
     MethodOption("patch_region", str, "head", "where training patches and validation cubes lie: anywhere in "
                  "the head, or only around the brain mask", ("head", "brain")),
 )

@@ -4,6 +4,8 @@ gradient-norm clipping, validation on the held-out patches (reported beside the 
 interpolation's loss: ratio < 1 means the network beats interpolation), checkpoints and resume.
 
 The returned weights are those with the lowest validation loss (the last ones without validation).
+With ``weight_average`` the network validated, selected and returned is an exponential moving average
+of the trained weights (Polyak averaging): the last steps' noise averages out.
 Checkpoints (``<checkpoint_dir>/<method>_last.pt``) are written every ``checkpoint_every`` steps, at
 the end and on cancel; ``resume=True`` continues from it.  With ``until_converged`` training stops
 once the validation loss improved < 1% over the last 20% of the steps, but never in the first half
@@ -11,6 +13,7 @@ of the budget.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -60,6 +63,7 @@ class TrainSettings:
     dictionary_lr: float = 0.0     # DDL: learning rate of the atoms (0: lr)
     atom_init: str = "random"      # DDL: "random" or "kmeans" (centroids of the training residuals)
     init_from: str = ""            # DDL: an IQT-DL model file to start from (see DeepDictionaryNet.start_from_unet)
+    weight_average: float = 0.0    # decay of an exponential moving average of the weights (0: none)
 
     def resolved(self, device: str) -> "TrainSettings":
         cuda = device == "cuda"
@@ -80,6 +84,8 @@ class TrainSettings:
             raise InputError(f"loss must be mse or l1 (got {s.loss!r})")
         if not 0.0 <= s.validation_fraction < 0.5:
             raise InputError(f"validation_fraction must be in [0, 0.5) (got {s.validation_fraction})")
+        if not 0.0 <= s.weight_average < 1.0:
+            raise InputError(f"weight_average must be in [0, 1) (got {s.weight_average})")
         if s.resume and not s.checkpoint_dir:
             raise InputError("resume needs a checkpoint_dir")
         return s
@@ -222,6 +228,7 @@ class Trainer:
         self.stopped_converged = False
         self.val_x = self.val_y = self.baseline = None
         self.pool_builder, self.pool = None, []
+        self.averaged = None   # the moving average of the weights (a copy of the network), with weight_average
 
     def _start_model(self):
         """The IQT-DL model file named by ``init_from``, checked against this training's network."""
@@ -255,6 +262,9 @@ class Trainer:
         self.step_count, self.elapsed = int(payload["step"]), float(payload["elapsed"])
         self.history, self.val_history = list(payload["history"]), list(payload["val_history"])
         self.patches_seen = int(payload.get("patches_seen", self.step_count * s.batch))
+        if s.weight_average > 0 and payload.get("averaged") is not None:
+            self.averaged = copy.deepcopy(self.net)
+            load_state(self.averaged, payload["averaged"], path.name)
         if payload.get("best_state") is not None:
             self.best_loss, self.best_step = float(payload["best_loss"]), int(payload["best_step"])
             self.best_state = payload["best_state"]
@@ -276,6 +286,7 @@ class Trainer:
             "rng": _rng_state(self.rng), "torch_rng": self.torch.get_rng_state(),
             "settings": dataclasses.asdict(self.settings), "best_loss": self.best_loss,
             "best_step": self.best_step, "best_state": self.best_state,
+            "averaged": None if self.averaged is None else contiguous_state(self.averaged),
         })
 
     # -- data -------------------------------------------------------------------------------------
@@ -351,24 +362,47 @@ class Trainer:
         self.patches_seen += s.batch
         return value, norm
 
+    def start_average(self) -> None:
+        """The moving average starts as the network after ``prepare`` (which may set its atoms or start
+        it from a U-Net); a resumed one continues from the checkpoint's."""
+        if self.settings.weight_average > 0 and self.averaged is None:
+            self.averaged = copy.deepcopy(self.net)
+
+    def update_average(self) -> None:
+        """One step of the moving average.  The decay warms up as (1 + n) / (10 + n) after n steps, so
+        the average always spans about the last ~10% of the steps run, up to 1 / (1 - weight_average)."""
+        n = self.step_count
+        keep = min(self.settings.weight_average, (1.0 + n) / (10.0 + n))
+        with self.torch.no_grad():
+            for mean, weight in zip(self.averaged.parameters(), self.net.parameters()):
+                mean.lerp_(weight, 1.0 - keep)
+            for mean, buffer in zip(self.averaged.buffers(), self.net.buffers()):
+                mean.copy_(buffer)
+
+    @property
+    def result_net(self):
+        """The network that is validated and returned: the moving average when there is one."""
+        return self.net if self.averaged is None else self.averaged
+
     def validate(self) -> Optional[float]:
         """Loss on the fixed validation patches (None without validation); keeps the best weights."""
         from .architectures import contiguous_state
 
         if self.val_x is None:
             return None
-        self.net.eval()
+        net = self.result_net
+        net.eval()
         total = 0.0
         with self.torch.no_grad():
             for i in range(0, len(self.val_x), 16):
                 xb, yb = self.val_x[i:i + 16].to(self.device), self.val_y[i:i + 16].to(self.device)
-                total += float(self.loss_fn(self.net(xb), yb)) * len(xb)
-        self.net.train()
+                total += float(self.loss_fn(net(xb), yb)) * len(xb)
+        net.train()
         v = total / len(self.val_x)
         self.val_history.append([self.step_count, round(self.elapsed, 1), v, v / self.baseline if self.baseline else None])
         if v < self.best_loss:
             self.best_loss, self.best_step = v, self.step_count
-            self.best_state = {k: t.clone() for k, t in contiguous_state(self.net).items()}
+            self.best_state = {k: t.clone() for k, t in contiguous_state(net).items()}
         return v
 
     def run(self) -> None:
@@ -377,6 +411,7 @@ class Trainer:
         s = self.settings
         self.resume()
         self.prepare()
+        self.start_average()
         train_rep = self.reporter.sub(0.05, 1.0, f"training {self.method}")
         self.net.train()
         started = time.perf_counter() - self.elapsed
@@ -384,6 +419,8 @@ class Trainer:
         try:
             while self.progress() < 1.0 and not self.stopped_converged:
                 value, norm = self.step()
+                if self.averaged is not None:
+                    self.update_average()
                 self.elapsed = time.perf_counter() - started
                 running.append(value)
                 norms.append(norm)
@@ -413,6 +450,7 @@ class Trainer:
         if not self.val_history or self.val_history[-1][0] != self.step_count:
             self.validate()
         self.checkpoint()
+        self.net = self.result_net
         if self.best_state is not None and self.best_step != self.step_count:
             # the weights with the lowest validation loss, not necessarily the last ones
             self.net.load_state_dict(self.best_state)
