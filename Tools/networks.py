@@ -30,6 +30,8 @@ def parser(description: str, minutes: float, steps: int = 0, converge: bool = Tr
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the library's)")
     p.add_argument("--weight-average", type=float, default=weight_average,
                    help="decay of the moving average of the weights that is validated and shipped (0: none)")
+    p.add_argument("--split-seed", type=int, default=-1, help="seed of the held-out validation cubes (-1: "
+                   "--seed); fixed, seeds train on the same data and their validation losses compare")
     p.add_argument("--converge", dest="converge", action="store_true", default=converge,
                    help="stop once the validation loss improves < 1%% over the last 20%% of the steps")
     p.add_argument("--no-converge", dest="converge", action="store_false", help="run the whole schedule")
@@ -49,7 +51,7 @@ def train(args, method: str, name: str, **extra):
     torch.set_num_threads(args.threads)
     # 21 held-out cubes of the head × 3 axes × 8 contrast/noise draws = 504 validation patches
     options = dict(minutes=args.minutes, steps=args.steps, threads=args.threads, lr=learning_rate(args, method),
-                   weight_average=args.weight_average,
+                   weight_average=args.weight_average, split_seed=args.split_seed,
                    checkpoint_dir=args.checkpoint_dir,
                    resume=args.resume, device=args.device, validation_every=500, checkpoint_every=250,
                    validation_fraction=0.15, validation_draws=8, until_converged=args.converge, **extra)

@@ -62,6 +62,9 @@ _COMMON_TRAIN = (
     MethodOption("weight_average", float, 0.0, "decay of an exponential moving average of the weights, which "
                  "is validated and shipped instead of the last weights (0: none; e.g. 0.999)", minimum=0.0,
                  maximum=1.0, max_exclusive=True),
+    MethodOption("split_seed", int, -1, "seed of the held-out validation cubes and their contrast/noise draws "
+                 "(-1: the training seed); fixed, seeds train on the same data and validate on the same patches",
+                 minimum=-1),
     MethodOption("patch_region", str, "head", "where training patches and validation cubes lie: anywhere in "
                  "the head, or only around the brain mask", ("head", "brain")),
 )

@@ -64,6 +64,7 @@ class TrainSettings:
     atom_init: str = "random"      # DDL: "random" or "kmeans" (centroids of the training residuals)
     init_from: str = ""            # DDL: an IQT-DL model file to start from (see DeepDictionaryNet.start_from_unet)
     weight_average: float = 0.0    # decay of an exponential moving average of the weights (0: none)
+    split_seed: int = -1           # seed of the held-out validation cubes and their draws (-1: the training seed)
 
     def resolved(self, device: str) -> "TrainSettings":
         cuda = device == "cuda"
@@ -297,9 +298,12 @@ class Trainer:
         s = self.settings
         setup = self.reporter.sub(0.0, 0.05, "preparing simulation")
         setup(0.0, "simulating training volumes", force=True)
-        self.pool_builder = SimulationPool(self.pairs, self.patch, s.validation_fraction, self.seed,
+        # the held-out cubes decide what the network trains on: with split_seed fixed, seeds differ only
+        # in initialisation and draws, and their validation losses are comparable
+        split = self.seed if s.split_seed < 0 else int(s.split_seed)
+        self.pool_builder = SimulationPool(self.pairs, self.patch, s.validation_fraction, split,
                                            reporter=setup, region=s.patch_region)
-        validation = self.pool_builder.validation_set(self.seed, draws_per_cube=s.validation_draws)
+        validation = self.pool_builder.validation_set(split, draws_per_cube=s.validation_draws)
         for n in range(int(s.pool_size)):
             setup.check_cancel()
             self.pool.append(self.pool_builder.draw(self.rng))
