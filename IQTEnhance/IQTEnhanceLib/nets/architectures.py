@@ -432,7 +432,10 @@ class DeepDictionaryNet(_PadInPlane):
 
     def residual(self, x):
         syntheses = self._syntheses_per_voxel if self.atom_size == 1 else self._syntheses_by_convolution
-        main, shifted = syntheses(x)
+        return self._combine(*syntheses(x))
+
+    def _combine(self, main, shifted):
+        """The residual from the (main, shifted or None) syntheses of either path."""
         if self.fuse is None:
             return main
         # the compensation atoms cover HQ slices [m·f + f/2, (m+1)·f + f/2): the boundary between
