@@ -14,9 +14,11 @@ import shipping
 from IQTEnhanceLib.simulate import ParameterRanges
 
 
-def parser(description: str, minutes: float, steps: int = 0, converge: bool = True, weight_average: float = 0.0):
+def parser(description: str, minutes: float, steps: int = 0, converge: bool = True, weight_average: float = 0.0,
+           split_seed: int = 0):
     """The recipes' command line; the defaults are the recipe's (a fixed number of steps makes a recipe
-    independent of how busy the machine is; the wall-clock budget is then only an upper limit)."""
+    independent of how busy the machine is; the wall-clock budget is then only an upper limit; a fixed
+    ``split_seed`` makes every seed train on the same cubes and validate on the same patches)."""
     p = shipping.parser(description)
     p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget (upper limit; 0: none)")
     p.add_argument("--steps", type=int, default=steps, help="optimiser steps of the cosine schedule (0: the "
@@ -30,8 +32,8 @@ def parser(description: str, minutes: float, steps: int = 0, converge: bool = Tr
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the library's)")
     p.add_argument("--weight-average", type=float, default=weight_average,
                    help="decay of the moving average of the weights that is validated and shipped (0: none)")
-    p.add_argument("--split-seed", type=int, default=-1, help="seed of the held-out validation cubes (-1: "
-                   "--seed); fixed, seeds train on the same data and their validation losses compare")
+    p.add_argument("--split-seed", type=int, default=split_seed, help="seed of the held-out validation cubes "
+                   "(-1: --seed); fixed, seeds train on the same data and their validation losses compare")
     p.add_argument("--converge", dest="converge", action="store_true", default=converge,
                    help="stop once the validation loss improves < 1%% over the last 20%% of the steps")
     p.add_argument("--no-converge", dest="converge", action="store_false", help="run the whole schedule")
@@ -72,9 +74,15 @@ def training_lines(model) -> list:
         + (f", dictionary lr {s.get('dictionary_lr'):g}" if s.get("dictionary_lr") else "") + ".",
         f"- {t.get('steps')} steps ({t.get('patches_seen')} patches seen) in {t.get('wall_seconds')} s on "
         f"{t.get('device')} with {t.get('threads')} torch thread(s), torch {t.get('torch_version')}, seed "
-        f"{t.get('seed')}; stopped {'at convergence' if t.get('stopped_at_convergence') else 'at the end of its schedule'}; "
-        "the machine's 2 cores were shared with other jobs, so the wall time is an upper bound.",
-        f"- Validation: {t.get('validation_patches')} patches in held-out cubes of the head; the weights of the "
+        f"{t.get('seed')}; stopped {'at convergence' if t.get('stopped_at_convergence') else 'at the end of its schedule'}"
+        + ("" if t.get("stopped_at_convergence") else
+           {True: " (converged: the validation loss improved < 1% over the last 20% of the steps)",
+            False: " (not converged: the validation loss still improved ≥ 1% over the last 20% of the steps)"}
+           .get(t.get("converged"), "")) + "; "
+        + "the machine's 2 cores were shared with other jobs, so the wall time is an upper bound.",
+        f"- Validation: {t.get('validation_patches')} patches in held-out cubes of the head ("
+        + (f"split seed {s.get('split_seed')}" if s.get("split_seed", -1) >= 0 else "chosen by the training seed")
+        + "); the weights of the "
         f"lowest validation loss (step {t.get('selected_step')}) are shipped"
         + (f", as a moving average of the trained weights (decay {s.get('weight_average'):g})."
            if s.get("weight_average") else "."),
