@@ -61,6 +61,16 @@ def train(args, method: str, name: str, **extra):
                           **options)
 
 
+def _ending(training: dict) -> str:
+    """How a training ended, for the card: at convergence, or at the end of its schedule and whether
+    the validation loss had converged by then (the record's 1%/20% rule)."""
+    if training.get("stopped_at_convergence"):
+        return "at convergence"
+    verdict = {True: " (converged: the validation loss improved < 1% over the last 20% of the steps)",
+               False: " (not converged: the validation loss still improved ≥ 1% over the last 20% of the steps)"}
+    return "at the end of its schedule" + verdict.get(training.get("converged"), "")
+
+
 def training_lines(model) -> list:
     t, s = model.training, model.training.get("settings", {})
     sim = t.get("simulation", {})
@@ -74,12 +84,8 @@ def training_lines(model) -> list:
         + (f", dictionary lr {s.get('dictionary_lr'):g}" if s.get("dictionary_lr") else "") + ".",
         f"- {t.get('steps')} steps ({t.get('patches_seen')} patches seen) in {t.get('wall_seconds')} s on "
         f"{t.get('device')} with {t.get('threads')} torch thread(s), torch {t.get('torch_version')}, seed "
-        f"{t.get('seed')}; stopped {'at convergence' if t.get('stopped_at_convergence') else 'at the end of its schedule'}"
-        + ("" if t.get("stopped_at_convergence") else
-           {True: " (converged: the validation loss improved < 1% over the last 20% of the steps)",
-            False: " (not converged: the validation loss still improved ≥ 1% over the last 20% of the steps)"}
-           .get(t.get("converged"), "")) + "; "
-        + "the machine's 2 cores were shared with other jobs, so the wall time is an upper bound.",
+        f"{t.get('seed')}; stopped {_ending(t)}; "
+        "the machine's 2 cores were shared with other jobs, so the wall time is an upper bound.",
         f"- Validation: {t.get('validation_patches')} patches in held-out cubes of the head ("
         + (f"split seed {s.get('split_seed')}" if s.get("split_seed", -1) >= 0 else "chosen by the training seed")
         + "); the weights of the "

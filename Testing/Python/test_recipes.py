@@ -14,31 +14,27 @@ import train_ddl  # noqa: E402
 import train_dl  # noqa: E402
 
 
-def _defaults(recipe):
+def _defaults(recipe, monkeypatch):
     """The recipe's parsed command line without arguments (argparse defaults)."""
     captured = {}
 
-    def run(args, name, train, card, **_):
+    def run(args, *_, **__):
         captured["args"] = args
         return 0
 
-    original = recipe.shipping.run
-    recipe.shipping.run = run
-    try:
-        recipe.main([])
-    finally:
-        recipe.shipping.run = original
+    monkeypatch.setattr(recipe.shipping, "run", run)
+    recipe.main([])
     return captured["args"]
 
 
-def test_dl_recipe_defaults_are_the_fixed_schedule():
-    args = _defaults(train_dl)
+def test_dl_recipe_defaults_are_the_fixed_schedule(monkeypatch):
+    args = _defaults(train_dl, monkeypatch)
     assert args.steps == train_dl.RECIPE_STEPS > 0
     assert args.minutes == 0                       # no wall-clock budget: the schedule is the recipe
     assert args.converge is False
     assert args.weight_average == train_dl.WEIGHT_AVERAGE
     assert args.split_seed == 0 and args.seed == 0  # every seed trains on the same cubes
-    assert _defaults(train_ddl).split_seed == 0
+    assert _defaults(train_ddl, monkeypatch).split_seed == 0
 
 
 def _model(**training):
