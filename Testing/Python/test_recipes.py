@@ -34,7 +34,16 @@ def test_dl_recipe_defaults_are_the_fixed_schedule(monkeypatch):
     assert args.converge is False
     assert args.weight_average == train_dl.WEIGHT_AVERAGE
     assert args.split_seed == 0 and args.seed == 0  # every seed trains on the same cubes
-    assert _defaults(train_ddl, monkeypatch).split_seed == 0
+
+
+def test_ddl_recipe_defaults_are_a_step_schedule_that_stops_at_convergence(monkeypatch):
+    args = _defaults(train_ddl, monkeypatch)
+    assert args.steps == train_ddl.RECIPE_STEPS > 0
+    assert args.minutes == 0                       # the busy machine does not change the schedule
+    assert args.converge is True
+    assert args.lr == train_ddl.FINE_TUNE_LR       # started from the shipped IQT-DL by default
+    assert args.init_from.endswith("dl_t1_x4.iqtm")
+    assert args.split_seed == 0 and args.seed == 0
 
 
 def _model(**training):
