@@ -14,11 +14,12 @@ apart), ICBM 2009a 0.0431 / 0.0447 / 0.0418.  The average of the weights scores 
 weights (±0.0001 on both brains, every seed) at the end of a cosine schedule; its validation curve
 falls without the oscillations of the last weights', which is what the best-step selection reads.
 
-The shipped file predates this recipe: seed 2 of the earlier one, whose cosine schedule followed an
-83-min wall-clock budget (``--seed 2 --split-seed -1 --minutes 83 --steps 0 --weight-average 0
---converge``): 16,000 steps, Colin27 0.0499, ICBM 2009a 0.0405.  That recipe's seeds 0 and 1 reached
-0.0519 and 0.0521.  With the cubes fixed, seeds 0 and 1 validate alike (0.224× at 20,000 steps) and
-seed 2 still leads (0.216×): its lead is initialisation and data order, not its held-out cubes.
+The shipped file is the recipe's seed 0.  The file shipped before it was seed 2 of the earlier recipe,
+whose cosine schedule followed an 83-min wall-clock budget (``--seed 2 --split-seed -1 --minutes 83
+--steps 0 --weight-average 0 --converge``): 16,000 steps, Colin27 0.0499, ICBM 2009a 0.0405; that
+recipe's seeds 0 and 1 reached 0.0519 and 0.0521.  With the cubes fixed, seeds 0 and 1 validate alike
+(0.224× at 20,000 steps) and seed 2 still leads (0.216×): its lead is initialisation and data order,
+not its held-out cubes.
 """
 import sys
 
