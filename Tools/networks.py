@@ -14,13 +14,13 @@ import shipping
 from IQTEnhanceLib.simulate import ParameterRanges
 
 
-def parser(description: str, minutes: float, steps: int = 0, converge: bool = True, weight_average: float = 0.0,
-           split_seed: int = 0):
-    """The recipes' command line; the defaults are the recipe's (a fixed number of steps makes a recipe
-    independent of how busy the machine is; the wall-clock budget is then only an upper limit; a fixed
-    ``split_seed`` makes every seed train on the same cubes and validate on the same patches)."""
+def parser(description: str, steps: int, converge: bool = True, weight_average: float = 0.0):
+    """The recipes' command line; the defaults are the recipe's.  Both recipes count a fixed number of
+    steps and have no wall-clock budget, so they do not depend on how busy the machine is (``--minutes``
+    is an upper limit for other runs), and both hold out the cubes of split seed 0, so every seed trains
+    on the same cubes and validates on the same patches."""
     p = shipping.parser(description)
-    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget (upper limit; 0: none)")
+    p.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget (upper limit; 0: none)")
     p.add_argument("--steps", type=int, default=steps, help="optimiser steps of the cosine schedule (0: the "
                    "schedule follows the wall-clock budget)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 per training on 2 shared cores)")
@@ -32,7 +32,7 @@ def parser(description: str, minutes: float, steps: int = 0, converge: bool = Tr
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the library's)")
     p.add_argument("--weight-average", type=float, default=weight_average,
                    help="decay of the moving average of the weights that is validated and shipped (0: none)")
-    p.add_argument("--split-seed", type=int, default=split_seed, help="seed of the held-out validation cubes "
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out validation cubes "
                    "(-1: --seed); fixed, seeds train on the same data and their validation losses compare")
     p.add_argument("--converge", dest="converge", action="store_true", default=converge,
                    help="stop once the validation loss improves < 1%% over the last 20%% of the steps")

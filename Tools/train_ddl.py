@@ -47,7 +47,7 @@ def card(model, path):
 
 
 def main(argv=None) -> int:
-    p = networks.parser(__doc__.splitlines()[0], minutes=0.0, steps=RECIPE_STEPS)
+    p = networks.parser(__doc__.splitlines()[0], steps=RECIPE_STEPS)
     p.add_argument("--atoms", type=int, default=64, choices=(64, 128))
     p.add_argument("--generator", action="store_true", help="SRDD's dictionary generator instead of free atoms")
     p.add_argument("--no-compensation", action="store_true")

@@ -8,7 +8,8 @@ The recipe: ±40% intensity jitter, Adam 5e-4 with cosine decay over a fixed 20,
 average of the weights (decay 0.999), no early stop, the held-out cubes of split seed 0 for every
 seed.  Three seeds (one CPU thread each, side by side on 2 cores, ~158 min), study protocol: Colin27
 NRMSE 0.0509 / 0.0506 / 0.0500 (1.8% apart), ICBM 2009a 0.0409 / 0.0410 / 0.0403 (1.7%), validation
-0.224 / 0.224 / 0.216× the interpolation's loss; each still improved 1.3-1.6% over its last 20% of steps (not converged by the 1%/20% rule).
+0.224 / 0.224 / 0.216× the interpolation's loss; each still improved 1.3-1.6% over its last 20% of
+steps (not converged by the 1%/20% rule).
 At 14,000 steps (each seed then held out its own cubes): Colin27 0.0524 / 0.0524 / 0.0509 (2.9%
 apart), ICBM 2009a 0.0431 / 0.0447 / 0.0418.  The average of the weights scores the same as the last
 weights (±0.0001 on both brains, every seed) at the end of a cosine schedule; its validation curve
@@ -42,7 +43,7 @@ def card(model, path):
 
 
 def main(argv=None) -> int:
-    args = networks.parser(__doc__.splitlines()[0], minutes=0.0, steps=RECIPE_STEPS, converge=False,
+    args = networks.parser(__doc__.splitlines()[0], steps=RECIPE_STEPS, converge=False,
                            weight_average=WEIGHT_AVERAGE).parse_args(argv)
     return shipping.run(args, NAME, lambda a: networks.train(a, "dl", NAME), card)
 
